@@ -1,0 +1,38 @@
+"""TransformerLens' ActivationCache, aware of the merged multimodal embedding and of the modality map."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformer_lens import ActivationCache
+
+from hooked_av.model.modality import ModalityMap
+
+
+class AVActivationCache(ActivationCache):
+    """An ActivationCache that also carries the batch's modality map.
+
+    The residual stream starts from `hook_inputs_embeds` (token embeddings with encoder features scattered into
+    the placeholder positions), so that is the "embed" component `decompose_resid` returns: the components then
+    sum to the residual stream at every position, multimodal ones included.
+    """
+
+    def __init__(self, cache_dict: dict, model: Any, has_batch_dim: bool = True,
+                 modality_map: ModalityMap | None = None):
+        super().__init__(cache_dict, model, has_batch_dim=has_batch_dim)
+        self.modality_map = modality_map
+
+    def decompose_resid(self, *args: Any, incl_embeds: bool = True, **kwargs: Any):
+        if not incl_embeds or "hook_inputs_embeds" not in self.cache_dict:
+            return super().decompose_resid(*args, incl_embeds=incl_embeds, **kwargs)
+        token_embed = self.cache_dict["hook_embed"] if "hook_embed" in self.cache_dict else None
+        self.cache_dict["hook_embed"] = self.cache_dict["hook_inputs_embeds"]
+        self.has_embed = True
+        try:
+            return super().decompose_resid(*args, incl_embeds=True, **kwargs)
+        finally:
+            if token_embed is None:
+                del self.cache_dict["hook_embed"]
+                self.has_embed = False
+            else:
+                self.cache_dict["hook_embed"] = token_embed

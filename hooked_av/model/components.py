@@ -1,0 +1,278 @@
+"""The hooked decoder: RMSNorm, rotary embedding, attention with per-layer dispatch, gated MLP, block.
+
+Modules hold the *same* nn.Linear / nn.Parameter objects as the HF model they were built from, so weights are
+shared, never copied. HookPoints are the only additions to the computation; a HookPoint without hooks is skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from jaxtyping import Float
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
+
+from hooked_av.model.config import HookedAVConfig
+from hooked_av.model.kv_cache import KVCache
+
+ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
+
+
+def is_hooked(hook: HookPoint) -> bool:
+    return bool(hook._forward_hooks or hook._backward_hooks)
+
+
+def fire(hook: HookPoint, x: Tensor) -> Tensor:
+    """Run `x` through a hook point, skipping the module call when nothing is attached to it."""
+    return hook(x) if is_hooked(hook) else x
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm as in Qwen2: statistics in fp32, cast back, then the weight.
+
+    `hook_scale` [batch, pos, 1] is the divisor sqrt(mean(x^2) + eps) (what TransformerLens' apply_ln uses);
+    `hook_normalized` [batch, pos, d] is x / scale, before the weight (as in TransformerLens).
+    """
+
+    def __init__(self, weight: nn.Parameter, eps: float):
+        super().__init__()
+        self.w = weight
+        self.eps = eps
+        self.hook_scale = HookPoint()
+        self.hook_normalized = HookPoint()
+
+    def forward(self, x: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
+        x32 = x.float()
+        inv_scale = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        if is_hooked(self.hook_scale):
+            inv_scale = 1.0 / self.hook_scale(1.0 / inv_scale)
+        normalized = fire(self.hook_normalized, (x32 * inv_scale).to(x.dtype))
+        return self.w * normalized
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables from (possibly multi-axis) positions; each frequency channel reads one position axis."""
+
+    def __init__(self, cfg: HookedAVConfig):
+        super().__init__()
+        d = cfg.d_head
+        inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("axis_of_channel", torch.tensor(cfg.rope_axis_of_channel), persistent=False)
+
+    def forward(self, positions: Float[Tensor, "axes batch pos"], dtype: torch.dtype):
+        if positions.shape[0] == 1:
+            pos = positions[0, ..., None].float().expand(*positions.shape[1:], self.inv_freq.numel())
+        else:
+            pos = positions.float().index_select(0, self.axis_of_channel).permute(1, 2, 0)
+        freqs = pos * self.inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: Float[Tensor, "batch pos head d"], cos: Tensor, sin: Tensor) -> Tensor:
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+    return x * cos + rotate_half(x) * sin
+
+
+@dataclass
+class AttentionMask:
+    """The additive attention mask of one forward call, materialised only for layers that need it.
+
+    Query i of this call sits at absolute position k_len - q_len + i (the KV cache holds the earlier ones).
+    """
+
+    key_padding: Tensor | None  # [batch, k_len] bool, True = attend; None when nothing is padded
+    batch: int
+    q_len: int
+    k_len: int
+    dtype: torch.dtype
+    device: torch.device
+    _additive: Tensor | None = field(default=None, repr=False)
+
+    def additive(self) -> Float[Tensor, "batch 1 q k"]:
+        if self._additive is None:
+            q_pos = torch.arange(self.k_len - self.q_len, self.k_len, device=self.device)
+            allowed = torch.arange(self.k_len, device=self.device)[None, :] <= q_pos[:, None]
+            allowed = allowed[None, None].expand(self.batch, 1, -1, -1)
+            if self.key_padding is not None:
+                allowed = allowed & self.key_padding[:, None, None, :]
+            mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
+            self._additive = mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+        return self._additive
+
+    def for_layer(self, hook: HookPoint, eager: bool) -> tuple[Tensor | None, bool]:
+        """(mask, is_causal) for one layer. A hooked mask is a fresh copy each layer, so hooks may edit it."""
+        if is_hooked(hook):
+            return hook(self.additive().clone()), False
+        if not eager and self.key_padding is None:
+            if self.q_len == self.k_len:
+                return None, self.q_len > 1
+            if self.q_len == 1:
+                return None, False
+        return self.additive(), False
+
+
+class Attention(nn.Module):
+    """Grouped-query attention with RoPE. Runs fused SDPA unless its scores or pattern are hooked."""
+
+    def __init__(self, cfg: HookedAVConfig, layer: int, q: nn.Linear, k: nn.Linear, v: nn.Linear, o: nn.Linear,
+                 q_norm: nn.Module | None = None, k_norm: nn.Module | None = None):
+        super().__init__()
+        self.cfg, self.layer = cfg, layer
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = q, k, v, o
+        self.q_norm, self.k_norm = q_norm, k_norm
+        self.scale = cfg.d_head ** -0.5
+        self.force_eager = False
+        self.last_path: str | None = None  # "sdpa" or "eager": which kernel the latest call used
+        self.hook_q = HookPoint()  # [batch, pos, head, d_head], before RoPE
+        self.hook_k = HookPoint()  # [batch, pos, kv_head, d_head]
+        self.hook_v = HookPoint()
+        self.hook_rot_q = HookPoint()
+        self.hook_rot_k = HookPoint()
+        self.hook_attn_mask = HookPoint()  # additive, broadcastable to [batch, head, q_pos, k_pos]
+        self.hook_attn_scores = HookPoint()  # [batch, head, q_pos, k_pos], scaled and masked
+        self.hook_pattern = HookPoint()  # [batch, head, q_pos, k_pos]
+        self.hook_z = HookPoint()  # [batch, pos, head, d_head]
+
+    def needs_eager(self) -> bool:
+        return self.force_eager or is_hooked(self.hook_attn_scores) or is_hooked(self.hook_pattern)
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"], cos: Tensor, sin: Tensor, mask: AttentionMask,
+                kv_cache: KVCache | None = None) -> Float[Tensor, "batch pos d_model"]:
+        b, n, _ = x.shape
+        d = self.cfg.d_head
+        q = self.q_proj(x).view(b, n, -1, d)
+        k = self.k_proj(x).view(b, n, -1, d)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = fire(self.hook_q, q)
+        k = fire(self.hook_k, k)
+        v = fire(self.hook_v, self.v_proj(x).view(b, n, -1, d))
+        q = fire(self.hook_rot_q, apply_rotary(q, cos, sin)).transpose(1, 2)
+        k = fire(self.hook_rot_k, apply_rotary(k, cos, sin)).transpose(1, 2)
+        v = v.transpose(1, 2)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer, k, v)
+        eager = self.needs_eager()
+        attn_mask, is_causal = mask.for_layer(self.hook_attn_mask, eager)
+        self.last_path = "eager" if eager else "sdpa"
+        if eager:
+            z = self._eager(q, k, v, attn_mask)
+        else:
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=self.scale,
+                                               enable_gqa=self.cfg.n_kv_groups > 1)
+        z = fire(self.hook_z, z.transpose(1, 2))
+        return self.o_proj(z.reshape(b, n, -1))
+
+    def _eager(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor) -> Float[Tensor, "batch head q d"]:
+        # Grouped views instead of repeating K/V: head h reads KV head h // n_kv_groups, as HF's repeat_kv.
+        b, h, nq, d = q.shape
+        g = self.cfg.n_kv_groups
+        qg = q.view(b, h // g, g, nq, d)
+        scores = (qg @ k.unsqueeze(2).transpose(-1, -2)).view(b, h, nq, -1) * self.scale
+        scores = fire(self.hook_attn_scores, scores + attn_mask)
+        pattern = fire(self.hook_pattern, torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
+        return (pattern.view(b, h // g, g, nq, -1) @ v.unsqueeze(2)).view(b, h, nq, d)
+
+    # Weight views in TransformerLens layout (no copies).
+    @property
+    def W_Q(self) -> Float[Tensor, "head d_model d_head"]:
+        return rearrange(self.q_proj.weight, "(h d) m -> h m d", d=self.cfg.d_head)
+
+    @property
+    def W_K(self) -> Float[Tensor, "kv_head d_model d_head"]:
+        return rearrange(self.k_proj.weight, "(h d) m -> h m d", d=self.cfg.d_head)
+
+    @property
+    def W_V(self) -> Float[Tensor, "kv_head d_model d_head"]:
+        return rearrange(self.v_proj.weight, "(h d) m -> h m d", d=self.cfg.d_head)
+
+    @property
+    def W_O(self) -> Float[Tensor, "head d_head d_model"]:
+        return rearrange(self.o_proj.weight, "m (h d) -> h d m", d=self.cfg.d_head)
+
+    def _bias(self, linear: nn.Linear, n: int) -> Tensor:
+        if linear.bias is None:
+            return torch.zeros(n, self.cfg.d_head, dtype=linear.weight.dtype, device=linear.weight.device)
+        return linear.bias.view(n, self.cfg.d_head)
+
+    @property
+    def b_Q(self) -> Tensor:
+        return self._bias(self.q_proj, self.cfg.n_heads)
+
+    @property
+    def b_K(self) -> Tensor:
+        return self._bias(self.k_proj, self.cfg.n_key_value_heads)
+
+    @property
+    def b_V(self) -> Tensor:
+        return self._bias(self.v_proj, self.cfg.n_key_value_heads)
+
+    @property
+    def b_O(self) -> Tensor:
+        w = self.o_proj.weight
+        return self.o_proj.bias if self.o_proj.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype,
+                                                                                  device=w.device)
+
+
+class GatedMLP(nn.Module):
+    """down(act(gate(x)) * up(x)): hook_pre is the gate, hook_pre_linear the up projection."""
+
+    def __init__(self, gate: nn.Linear, up: nn.Linear, down: nn.Linear, act_fn: str):
+        super().__init__()
+        self.gate_proj, self.up_proj, self.down_proj = gate, up, down
+        self.act = ACTIVATIONS[act_fn]
+        self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
+        self.hook_pre_linear = HookPoint()
+        self.hook_post = HookPoint()
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        pre = fire(self.hook_pre, self.gate_proj(x))
+        pre_linear = fire(self.hook_pre_linear, self.up_proj(x))
+        return self.down_proj(fire(self.hook_post, self.act(pre) * pre_linear))
+
+    @property
+    def W_gate(self) -> Float[Tensor, "d_model d_mlp"]:
+        return self.gate_proj.weight.T
+
+    @property
+    def W_in(self) -> Float[Tensor, "d_model d_mlp"]:
+        return self.up_proj.weight.T
+
+    @property
+    def W_out(self) -> Float[Tensor, "d_mlp d_model"]:
+        return self.down_proj.weight.T
+
+    @property
+    def b_out(self) -> Tensor:
+        w = self.down_proj.weight
+        return self.down_proj.bias if self.down_proj.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype,
+                                                                                      device=w.device)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, ln1: RMSNorm, attn: Attention, ln2: RMSNorm, mlp: nn.Module):
+        super().__init__()
+        self.ln1, self.attn, self.ln2, self.mlp = ln1, attn, ln2, mlp
+        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
+        self.hook_attn_out = HookPoint()
+        self.hook_resid_mid = HookPoint()
+        self.hook_mlp_out = HookPoint()
+        self.hook_resid_post = HookPoint()
+
+    def forward(self, resid: Tensor, cos: Tensor, sin: Tensor, mask: AttentionMask,
+                kv_cache: KVCache | None = None) -> Tensor:
+        resid = fire(self.hook_resid_pre, resid)
+        attn_out = fire(self.hook_attn_out, self.attn(self.ln1(resid), cos, sin, mask, kv_cache))
+        resid = fire(self.hook_resid_mid, resid + attn_out)
+        mlp_out = fire(self.hook_mlp_out, self.mlp(self.ln2(resid)))
+        return fire(self.hook_resid_post, resid + mlp_out)

@@ -1,0 +1,204 @@
+"""Family descriptions: the YAML files in `hooked_av/model_configs/`, parsed safely and validated.
+
+A file says which HF checkpoints the family matches, which HF classes are reused (model, processor, encoders),
+where the decoder's modules sit inside the HF model (so weights are shared, never copied), how the rotary
+embedding is laid out, and which tokens are modality placeholders. Everything that cannot be said as data
+lives in the family's adapter module, `hooked_av.families.<adapter>`.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hooked_av.model.errors import ModelConfigError, UnsupportedCheckpointError
+
+MODALITY_NAMES = ("audio", "image", "video")
+LAYER_MODULE_KEYS = ("ln1", "ln2", "q", "k", "v", "o", "gate", "up", "down")
+DECODER_MODULE_KEYS = ("embed", "layers", "norm", "unembed")
+ROPE_KINDS = ("default", "mrope", "mrope_interleaved")
+
+
+@dataclass(frozen=True)
+class RopeSpec:
+    kind: str  # "default" (1-D), "mrope" (contiguous t/h/w sections), "mrope_interleaved"
+    sections_from: str | None = None  # dotted path in the HF text config, for mrope kinds
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    name: str
+    adapter: str
+    model_types: tuple[str, ...]
+    architectures: tuple[str, ...]
+    model_class: str
+    config_class: str
+    processor_class: str
+    wrappers: dict[str, str]
+    full_config_key: str | None
+    encoders: dict[str, str]
+    strip_prefix: str
+    skip_prefixes: tuple[str, ...]
+    renames: tuple[tuple[str, str], ...]
+    text_config: str
+    decoder_modules: dict[str, str]
+    layer_modules: dict[str, str]
+    rope: RopeSpec
+    act_fn: str
+    placeholders: dict[str, str]
+    turn_start: str | None
+    turn_end: str | None
+    stop_tokens: tuple[str, ...]
+    source: str = field(default="<memory>", compare=False)
+
+    def checkpoint_key(self, key: str) -> str | None:
+        """The HF-model parameter name of a checkpoint tensor name, or None for tensors never loaded."""
+        if key.startswith(self.skip_prefixes):
+            return None
+        key = key.removeprefix(self.strip_prefix)
+        for pattern, replacement in self.renames:
+            key = re.sub(pattern, replacement, key)
+        return key
+
+    def matches(self, config: dict[str, Any]) -> bool:
+        archs = set(config.get("architectures") or ())
+        return config.get("model_type") in self.model_types or bool(archs & set(self.architectures))
+
+
+class _Reader:
+    """Pulls typed values out of the parsed YAML, naming the file and key in every error."""
+
+    def __init__(self, data: Any, source: str):
+        if not isinstance(data, dict):
+            raise ModelConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+        self.source = source
+        self.data = data
+
+    def _fail(self, key: str, problem: str):
+        raise ModelConfigError(f"{self.source}: '{key}' {problem}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+        node: Any = self.data
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                if default is not ...:
+                    return default
+                self._fail(key, "is missing")
+            node = node[part]
+        if not isinstance(node, kind):
+            self._fail(key, f"must be {getattr(kind, '__name__', kind)}, got {type(node).__name__}")
+        return node
+
+    def str_list(self, key: str, default: Any = ...) -> tuple[str, ...]:
+        value = self.get(key, list, default)
+        if not all(isinstance(v, str) for v in value):
+            self._fail(key, "must be a list of strings")
+        return tuple(value)
+
+    def renames(self, key: str) -> tuple[tuple[str, str], ...]:
+        value = self.get(key, list, [])
+        out = []
+        for item in value:
+            if not (isinstance(item, list) and len(item) == 2 and all(isinstance(v, str) for v in item)):
+                self._fail(key, f"must be a list of [pattern, replacement] pairs, got {item!r}")
+            try:
+                re.compile(item[0])
+            except re.error as err:
+                self._fail(key, f"holds an invalid pattern {item[0]!r} ({err})")
+            out.append((item[0], item[1]))
+        return tuple(out)
+
+    def str_map(self, key: str, required: tuple[str, ...] = (), allowed: tuple[str, ...] | None = None,
+                default: Any = ...) -> dict[str, str]:
+        value = self.get(key, dict, default)
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            self._fail(key, "must map strings to strings")
+        if missing := [k for k in required if k not in value]:
+            self._fail(key, f"lacks {missing}")
+        if allowed is not None and (extra := sorted(set(value) - set(allowed))):
+            self._fail(key, f"has unknown keys {extra}; allowed: {list(allowed)}")
+        return dict(value)
+
+
+TOP_LEVEL_KEYS = {"name", "description", "adapter", "match", "hf", "weights", "decoder", "placeholders", "chat",
+                  "stop_tokens"}
+
+
+def parse_family_spec(data: Any, source: str = "<memory>") -> FamilySpec:
+    r = _Reader(data, source)
+    if unknown := sorted(set(data) - TOP_LEVEL_KEYS):
+        raise ModelConfigError(f"{source}: unknown top-level keys {unknown}; allowed: {sorted(TOP_LEVEL_KEYS)}")
+    rope_kind = r.get("decoder.rope.kind", str)
+    if rope_kind not in ROPE_KINDS:
+        raise ModelConfigError(f"{source}: 'decoder.rope.kind' is {rope_kind!r}; allowed: {list(ROPE_KINDS)}")
+    sections = r.get("decoder.rope.sections_from", str, None)
+    if rope_kind != "default" and sections is None:
+        raise ModelConfigError(f"{source}: rope kind {rope_kind!r} needs 'decoder.rope.sections_from'")
+    adapter = r.get("adapter", str)
+    if not adapter.isidentifier():
+        raise ModelConfigError(f"{source}: 'adapter' must name a module of hooked_av.families, got {adapter!r}")
+    spec = FamilySpec(
+        name=r.get("name", str), adapter=adapter,
+        model_types=r.str_list("match.model_types"), architectures=r.str_list("match.architectures", []),
+        model_class=r.get("hf.model_class", str), config_class=r.get("hf.config_class", str),
+        processor_class=r.get("hf.processor_class", str), wrappers=r.str_map("hf.wrappers", default={}),
+        full_config_key=r.get("hf.full_config_key", str, None),
+        encoders=r.str_map("hf.encoders", allowed=MODALITY_NAMES + ("vision",), default={}),
+        strip_prefix=r.get("weights.strip_prefix", str, ""), skip_prefixes=r.str_list("weights.skip_prefixes", []),
+        renames=r.renames("weights.renames"),
+        text_config=r.get("decoder.text_config", str),
+        decoder_modules=r.str_map("decoder.modules", required=DECODER_MODULE_KEYS, allowed=DECODER_MODULE_KEYS),
+        layer_modules=r.str_map("decoder.layer", required=LAYER_MODULE_KEYS,
+                                allowed=LAYER_MODULE_KEYS + ("q_norm", "k_norm")),
+        rope=RopeSpec(rope_kind, sections), act_fn=r.get("decoder.act_fn", str),
+        placeholders=r.str_map("placeholders", allowed=MODALITY_NAMES),
+        turn_start=r.get("chat.turn_start", str, None), turn_end=r.get("chat.turn_end", str, None),
+        stop_tokens=r.str_list("stop_tokens", []), source=source)
+    if not spec.model_types:
+        raise ModelConfigError(f"{source}: 'match.model_types' must name at least one HF model_type")
+    return spec
+
+
+def load_family_spec(path: str | Path) -> FamilySpec:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ModelConfigError(f"{path}: not valid YAML ({err})") from err
+    return parse_family_spec(data, str(path))
+
+
+@functools.cache
+def builtin_family_specs() -> tuple[FamilySpec, ...]:
+    folder = resources.files("hooked_av") / "model_configs"
+    return tuple(load_family_spec(Path(str(f))) for f in sorted(folder.iterdir(), key=lambda f: f.name)
+                 if f.name.endswith(".yaml"))
+
+
+def family_for_config(config: dict[str, Any], specs: tuple[FamilySpec, ...] | None = None) -> FamilySpec:
+    """The family whose `match` section fits an HF config.json (as a dict)."""
+    specs = builtin_family_specs() if specs is None else specs
+    for spec in specs:
+        if spec.matches(config):
+            return spec
+    known = sorted(t for s in specs for t in s.model_types)
+    raise UnsupportedCheckpointError(
+        f"no file in model_configs/ matches model_type={config.get('model_type')!r}, "
+        f"architectures={config.get('architectures')}; supported model types: {known}. "
+        "To add a family, write model_configs/<family>.yaml and an adapter (see docs/architecture.md).")
+
+
+def family_for_hf_model(hf_model: Any, specs: tuple[FamilySpec, ...] | None = None) -> FamilySpec:
+    specs = builtin_family_specs() if specs is None else specs
+    cls = type(hf_model).__name__
+    for spec in specs:
+        if cls == spec.model_class or cls in spec.wrappers:
+            return spec
+    supported = sorted({s.model_class for s in specs} | {w for s in specs for w in s.wrappers})
+    raise UnsupportedCheckpointError(f"{cls} is not a supported HF model class; supported: {supported}")

@@ -1,0 +1,353 @@
+"""HookedAVModel: the LLM decoder of an audio-visual LLM, reimplemented with TransformerLens hook points.
+
+A forward call flows: processor batch -> HF encoders (reused, shared weights) -> placeholder merge ->
+hooked blocks (fused SDPA unless a hook needs the pattern) -> final norm -> unembedding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
+from transformer_lens.HookedRootModule import HookedRootModule
+
+from hooked_av.families.base import FamilyAdapter, load_adapter_class
+from hooked_av.model.activation_cache import AVActivationCache
+from hooked_av.model.components import AttentionMask, RMSNorm, RotaryEmbedding, fire
+from hooked_av.model.errors import InputError, PlaceholderMismatchError, UnknownHookError, check_layer
+from hooked_av.model.family_spec import family_for_hf_model
+from hooked_av.model.kv_cache import KVCache
+from hooked_av.model.modality import Modality, ModalityMap, build_modality_map
+
+HookList = Sequence[tuple[str | Callable[[str], bool], Callable]]
+MODALITY_HOOKS = {Modality.AUDIO: "hook_audio_embeds", Modality.IMAGE: "hook_image_embeds",
+                  Modality.VIDEO: "hook_video_embeds"}
+
+
+@dataclass
+class Prompt:
+    """A batch after embedding: what the decoder needs, plus where each modality sits."""
+
+    input_ids: Int[Tensor, "batch pos"]
+    inputs_embeds: Float[Tensor, "batch pos d_model"]
+    positions: Int[Tensor, "axes batch pos"]
+    attention_mask: Int[Tensor, "batch pos"]
+    modality_map: ModalityMap
+
+
+@dataclass
+class GenerationOutput:
+    sequences: Int[Tensor, "batch total"]  # prompt followed by the generated tokens (pad after a stop token)
+    new_tokens: Int[Tensor, "batch new"]
+    text: list[str]  # the generated tokens decoded, special tokens skipped (needs the processor's tokenizer)
+    modality_map: ModalityMap  # prompt + generated positions
+    prompt_length: int
+
+
+class HookedAVModel(HookedRootModule):
+    """TransformerLens-style hooked model of an AVLLM's decoder; build with from_pretrained / from_hf_model."""
+
+    def __init__(self, adapter: FamilyAdapter):
+        super().__init__()
+        self.adapter = adapter
+        self.cfg = cfg = adapter.decoder_config()
+        modules = adapter.spec.decoder_modules
+        self.embed = adapter.module(modules["embed"])
+        self.hook_embed = HookPoint()  # [batch, pos, d_model], token embeddings (placeholders included)
+        self.hook_audio_embeds = HookPoint()  # [n_audio_tokens, d_model], all audio items in order
+        self.hook_image_embeds = HookPoint()  # [n_image_tokens, d_model]
+        self.hook_video_embeds = HookPoint()  # [n_video_tokens, d_model]
+        self.hook_inputs_embeds = HookPoint()  # [batch, pos, d_model], after the merge
+        self.hook_pos_ids = HookPoint()  # [axes, batch, pos] rotary positions (TMRoPE for Omni)
+        self.encoders = nn.ModuleDict(adapter.encoder_modules())
+        self.rotary = RotaryEmbedding(cfg)
+        self.blocks = nn.ModuleList(adapter.build_blocks(cfg))
+        self.ln_final = RMSNorm(adapter.module(modules["norm"]).weight, cfg.eps)
+        self.unembed = adapter.module(modules["unembed"])
+        self.token_roles = adapter.token_roles()
+        self.setup()
+
+    def setup(self) -> None:
+        # As HookedRootModule.setup, but the HF encoders' own modules are left untouched (no `name` attribute).
+        self.mod_dict, self.hook_dict = {}, {}
+        for name, module in self.named_modules():
+            if not name or name.startswith("encoders."):
+                continue
+            module.name = name
+            self.mod_dict[name] = module
+            if isinstance(module, HookPoint):
+                self.hook_dict[name] = module
+
+    # ---- construction ----------------------------------------------------------------------------------
+    @classmethod
+    def from_hf_model(cls, hf_model: nn.Module, processor: Any = None) -> HookedAVModel:
+        """Wrap an HF model already in memory; its weight tensors are shared, not copied."""
+        spec = family_for_hf_model(hf_model)
+        inner = getattr(hf_model, spec.wrappers[type(hf_model).__name__]) if type(hf_model).__name__ in \
+            spec.wrappers else hf_model
+        return cls(load_adapter_class(spec)(spec, inner, processor))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None,
+                        dtype: torch.dtype | None = None, processor: Any = "auto") -> HookedAVModel:
+        """Load a local HF checkpoint folder (safetensors only); the family is read from its config.json.
+
+        processor="auto" loads the processor when the folder has one; pass an object to use it, or None.
+        """
+        from hooked_av.model.loading import load_hf_model, load_processor
+
+        hf_model, spec = load_hf_model(Path(path), device=device, dtype=dtype)
+        if processor == "auto":
+            processor = load_processor(Path(path))
+        return cls(load_adapter_class(spec)(spec, hf_model, processor))
+
+    # ---- TransformerLens surface ----------------------------------------------------------------------
+    @property
+    def processor(self) -> Any:
+        return self.adapter.processor
+
+    @property
+    def tokenizer(self) -> Any:
+        return None if self.processor is None else self.processor.tokenizer
+
+    @property
+    def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
+        return self.embed.weight
+
+    @property
+    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+        return self.unembed.weight.T
+
+    @property
+    def b_U(self) -> Float[Tensor, "d_vocab"]:
+        w = self.unembed.weight
+        return self.unembed.bias if self.unembed.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype,
+                                                                                  device=w.device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    def to_single_token(self, string: str) -> int:
+        ids = self.adapter.require_processor("to_single_token").tokenizer.encode(string, add_special_tokens=False)
+        if len(ids) != 1:
+            raise InputError(f"{string!r} is {len(ids)} tokens, not one: {ids}")
+        return ids[0]
+
+    def tokens_to_residual_directions(self, tokens: str | int | Tensor) -> Tensor:
+        if isinstance(tokens, str):
+            tokens = self.to_single_token(tokens)
+        tokens = torch.as_tensor(tokens, device=self.device)
+        return self.W_U[:, tokens].movedim(0, -1)
+
+    def _enable_hook(self, name: str | Callable, hook: Callable, dir: Literal["fwd", "bwd"]) -> None:
+        if isinstance(name, str):
+            self.check_hook_name(name)
+        super()._enable_hook(name, hook, dir)
+
+    def check_hook_name(self, name: str) -> None:
+        if name in self.hook_dict:
+            return
+        parts = name.split(".")
+        if len(parts) > 2 and parts[0] == "blocks" and parts[1].lstrip("-").isdigit():
+            layer = int(parts[1])
+            check_layer(layer, self.cfg.n_layers)
+            if layer < 0:
+                raise UnknownHookError(f"hook name {name!r}: write the layer as {layer % self.cfg.n_layers}")
+        suffix = name.split(".", 2)[-1] if name.startswith("blocks.") else name
+        close = sorted({n.split(".", 2)[-1] if n.startswith("blocks.") else n for n in self.hook_dict
+                        if suffix.split(".")[-1] in n})[:5]
+        raise UnknownHookError(f"unknown hook name {name!r}." + (f" Did you mean one of {close}?" if close else "")
+                               + " model.hook_dict lists every hook point.")
+
+    def run_with_cache(self, *model_args: Any, **kwargs: Any) -> tuple[Any, AVActivationCache]:
+        """As TransformerLens' run_with_cache; the cache is an AVActivationCache with the modality map."""
+        out, cache_dict = super().run_with_cache(*model_args, **kwargs)
+        batch = self._gather_inputs(model_args[0] if model_args else None,
+                                    {k: v for k, v in kwargs.items() if k not in _CACHE_KWARGS})
+        return out, AVActivationCache(cache_dict, self, has_batch_dim=not kwargs.get("remove_batch_dim", False),
+                                      modality_map=self.modality_map(batch))
+
+    # ---- inputs ----------------------------------------------------------------------------------------
+    def prepare_inputs(self, prompt: str | list[str], video: Any = None, audio: Any = None, image: Any = None, *,
+                       use_audio_in_video: bool = False, fps: float = 2.0, **kwargs: Any) -> dict[str, Any]:
+        """The chat-templated processor batch for a prompt and media (arrays, or file paths read with PyAV).
+
+        video: uint8 frames (T, H, W, 3) sampled at `fps`, or a file; audio: float32 mono 16 kHz, or a file;
+        image: uint8 (H, W, 3), or a file. A list of prompts (with lists of media) makes a left-padded batch.
+        """
+        batch = self.adapter.prepare_inputs(prompt, video=video, audio=audio, image=image,
+                                            use_audio_in_video=use_audio_in_video, fps=fps, **kwargs)
+        return self._to_device(batch)
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+    def _gather_inputs(self, batch: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if batch is None:
+            merged = dict(kwargs)
+        elif isinstance(batch, Tensor):
+            merged = {"input_ids": batch, **kwargs}
+        else:
+            merged = {**dict(batch), **kwargs}
+        ids = merged.get("input_ids")
+        if ids is None:
+            raise InputError("no input_ids: pass the processor's batch, model(batch) or model(**batch)")
+        if ids.ndim == 1:
+            merged["input_ids"] = ids[None]
+        return self._to_device(merged)
+
+    def modality_map(self, batch: Any = None, **inputs: Any) -> ModalityMap:
+        """Which positions of a batch are video, audio, image, prompt text, template or special tokens."""
+        merged = self._gather_inputs(batch, inputs)
+        return build_modality_map(merged["input_ids"], merged.get("attention_mask"), self.token_roles)
+
+    def embed_prompt(self, batch: Any = None, **inputs: Any) -> Prompt:
+        """Token embeddings with encoder features merged in, rotary positions and the modality map."""
+        merged = self._gather_inputs(batch, inputs)
+        ids = merged["input_ids"]
+        embeds = fire(self.hook_embed, self.embed(ids))
+        features = self.adapter.encode(merged)
+        for modality, token_id in self.adapter.placeholder_ids().items():
+            slots = ids == token_id
+            feats = features.get(modality)
+            n_slots = int(slots.sum())
+            if feats is None:
+                if n_slots:
+                    raise PlaceholderMismatchError(
+                        f"input_ids hold {n_slots} {modality.name.lower()} placeholder tokens but the batch has no "
+                        f"{modality.name.lower()} input; pass the processor's full output")
+                continue
+            feats = fire(getattr(self, MODALITY_HOOKS[modality]), feats.to(embeds.dtype))
+            if feats.shape[0] != n_slots:
+                raise PlaceholderMismatchError(
+                    f"{n_slots} {modality.name.lower()} placeholder tokens but the {modality.name.lower()} encoder "
+                    f"returned {feats.shape[0]} features: input_ids and media do not belong together "
+                    "(run the processor on the same media, with the same settings)")
+            embeds = embeds.masked_scatter(slots[..., None], feats)
+        attention_mask = merged.get("attention_mask")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(ids)
+        merged["attention_mask"] = attention_mask
+        positions = fire(self.hook_pos_ids, self.adapter.position_ids(merged))
+        return Prompt(ids, fire(self.hook_inputs_embeds, embeds), positions, attention_mask,
+                      build_modality_map(ids, attention_mask, self.token_roles))
+
+    # ---- the decoder -----------------------------------------------------------------------------------
+    def run_blocks(self, inputs_embeds: Tensor, positions: Tensor, attention_mask: Tensor,
+                   kv_cache: KVCache | None = None) -> Float[Tensor, "batch pos d_model"]:
+        """The hooked blocks and final norm; with a KV cache, `inputs_embeds` are the positions after it."""
+        batch, q_len, _ = inputs_embeds.shape
+        k_len = q_len + (kv_cache.length if kv_cache is not None else 0)
+        if attention_mask.shape[-1] != k_len:
+            raise InputError(f"attention_mask covers {attention_mask.shape[-1]} positions, expected {k_len}")
+        key_padding = None if bool(attention_mask.all()) else attention_mask.bool()
+        mask = AttentionMask(key_padding, batch, q_len, k_len, inputs_embeds.dtype, inputs_embeds.device)
+        cos, sin = self.rotary(positions, inputs_embeds.dtype)
+        resid = inputs_embeds
+        for block in self.blocks:
+            resid = block(resid, cos, sin, mask, kv_cache)
+        if kv_cache is not None:
+            kv_cache.commit(q_len)
+        return self.ln_final(resid)
+
+    def forward(self, batch: Any = None, /, *, return_type: Literal["logits", "loss"] | None = "logits",
+                **inputs: Any) -> Tensor | None:
+        """Logits [batch, pos, d_vocab] for a processor batch: model(batch) or model(**batch).
+
+        return_type="loss": mean next-token cross-entropy over text targets (padding and placeholder
+        targets excluded); None runs the model for its hooks only.
+        """
+        prompt = self.embed_prompt(batch, **inputs)
+        logits = self.unembed(self.run_blocks(prompt.inputs_embeds, prompt.positions, prompt.attention_mask))
+        if return_type == "logits":
+            return logits
+        if return_type == "loss":
+            return next_token_loss(logits, prompt)
+        if return_type is None:
+            return None
+        raise InputError(f"return_type must be 'logits', 'loss' or None, got {return_type!r}")
+
+    # ---- generation ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, batch: Any = None, max_new_tokens: int = 32, do_sample: bool = False,
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 stop_token_ids: Sequence[int] | None = None, fwd_hooks: HookList = (),
+                 decode_fwd_hooks: HookList = (), seed: int | None = None, **inputs: Any) -> GenerationOutput:
+        """KV-cached generation in which hooks fire on the prefill and on every decode step.
+
+        `fwd_hooks` apply to the prefill and every decode step; `decode_fwd_hooks` only to decode steps, so a
+        pattern hook there costs one 1 x N row per head and step while the prefill stays on fused attention.
+        Greedy output equals HF `generate` with the same stop tokens.
+        """
+        stops = torch.tensor(list(stop_token_ids) if stop_token_ids is not None else self.adapter.stop_token_ids(),
+                             device=self.device)
+        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        with self.hooks(fwd_hooks=list(fwd_hooks)):
+            prompt = self.embed_prompt(batch, **inputs)
+            n_batch, prompt_len = prompt.attention_mask.shape
+            cache = KVCache(self.cfg.n_layers, n_batch, self.cfg.n_key_value_heads, prompt_len + max_new_tokens,
+                            self.cfg.d_head, prompt.inputs_embeds.dtype, self.device)
+            resid = self.run_blocks(prompt.inputs_embeds, prompt.positions, prompt.attention_mask, cache)
+            logits = self.unembed(resid[:, -1])
+            attention_mask, next_pos = prompt.attention_mask, prompt.positions[:, :, -1:] + 1
+            finished = torch.zeros(n_batch, dtype=torch.bool, device=self.device)
+            new_tokens: list[Tensor] = []
+            with self.hooks(fwd_hooks=list(decode_fwd_hooks)):
+                for step in range(max_new_tokens):
+                    token = self._next_token(logits, do_sample, temperature, top_k, top_p, generator)
+                    token = torch.where(finished, self.adapter.pad_token_id(), token)
+                    new_tokens.append(token)
+                    finished = finished | torch.isin(token, stops)
+                    if bool(finished.all()) or step == max_new_tokens - 1:
+                        break
+                    attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
+                    embeds = fire(self.hook_inputs_embeds, fire(self.hook_embed, self.embed(token[:, None])))
+                    logits = self.unembed(self.run_blocks(embeds, next_pos, attention_mask, cache)[:, -1])
+                    next_pos = next_pos + 1
+        generated = torch.stack(new_tokens, dim=1)
+        text = (self.tokenizer.batch_decode(generated, skip_special_tokens=True) if self.tokenizer is not None
+                else [""] * n_batch)
+        return GenerationOutput(sequences=torch.cat([prompt.input_ids, generated], dim=1), new_tokens=generated,
+                                text=text, modality_map=prompt.modality_map.extend(generated.shape[1],
+                                                                                  after_stop(generated, stops)),
+                                prompt_length=prompt_len)
+
+    @staticmethod
+    def _next_token(logits: Tensor, do_sample: bool, temperature: float, top_k: int | None, top_p: float | None,
+                    generator: torch.Generator | None) -> Tensor:
+        if not do_sample:
+            return logits.argmax(dim=-1)
+        logits = logits.float() / max(temperature, 1e-5)
+        if top_k is not None:
+            kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if top_p is not None:
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            cum = sorted_logits.softmax(-1).cumsum(-1)
+            drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix reaching top_p
+            logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+        return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+
+
+_CACHE_KWARGS = {"names_filter", "device", "remove_batch_dim", "incl_bwd", "reset_hooks_end", "clear_contexts",
+                 "pos_slice", "return_type"}
+
+
+def after_stop(generated: Tensor, stops: Tensor) -> Tensor:
+    """[batch, new] True at generated positions after a row's first stop token (filled with padding)."""
+    is_stop = torch.isin(generated, stops).int()
+    return (is_stop.cumsum(dim=1) - is_stop) > 0
+
+
+def next_token_loss(logits: Tensor, prompt: Prompt) -> Tensor:
+    """Mean next-token cross-entropy over text targets; padding and modality placeholders are not targets."""
+    valid = prompt.modality_map.mask("text", "template", "special", "generated")[:, 1:]
+    return F.cross_entropy(logits[:, :-1][valid].float(), prompt.input_ids[:, 1:][valid])

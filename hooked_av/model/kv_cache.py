@@ -1,0 +1,28 @@
+"""A static KV cache: one preallocated buffer per layer, filled in place by position (as in gpt-fast)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class KVCache:
+    def __init__(self, n_layers: int, batch: int, n_kv_heads: int, max_len: int, d_head: int,
+                 dtype: torch.dtype, device: torch.device | str):
+        shape = (n_layers, batch, n_kv_heads, max_len, d_head)
+        self.k = torch.empty(shape, dtype=dtype, device=device)
+        self.v = torch.empty(shape, dtype=dtype, device=device)
+        self.length = 0  # positions already committed; a forward call appends after them
+        self.max_len = max_len
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write this call's keys/values [batch, kv_head, new, d] and return all of them so far (views)."""
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache overflow: {end} positions, capacity {self.max_len}")
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def commit(self, n_new: int) -> None:
+        self.length += n_new

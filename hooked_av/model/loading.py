@@ -1,0 +1,117 @@
+"""Loading a local HF checkpoint folder: config.json picks the family; weights come from safetensors only.
+
+Tensors the family never uses (a full Qwen2.5-Omni's talker and token2wav) are not read from disk at all.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hooked_av.model.errors import UnsupportedCheckpointError
+from hooked_av.model.family_spec import FamilySpec, family_for_config
+
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json")
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise UnsupportedCheckpointError(f"{folder} has no config.json: give the folder of an HF checkpoint")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UnsupportedCheckpointError(f"{path} is not valid JSON ({err})") from err
+
+
+def safetensors_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        return [folder / s for s in shards]
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        others = [p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+        hint = f" (found {others}: convert them to safetensors; pickled weights are never loaded)" if others else ""
+        raise UnsupportedCheckpointError(f"{folder} holds no .safetensors weights{hint}")
+    return files
+
+
+def hf_config_for(spec: FamilySpec, config: dict[str, Any]):
+    import transformers
+
+    config_class = getattr(transformers, spec.config_class)
+    if spec.full_config_key and spec.full_config_key in config:  # a full model: take the part we load
+        config = config[spec.full_config_key]
+    config = {k: v for k, v in config.items() if k not in ("architectures", "model_type", "transformers_version")}
+    return config_class(**config)
+
+
+def read_state_dict(spec: FamilySpec, folder: Path, dtype: torch.dtype | None,
+                    device: str | torch.device) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    state: dict[str, torch.Tensor] = {}
+    for file in safetensors_files(folder):
+        with safe_open(str(file), framework="pt", device=str(device)) as f:
+            for key in f.keys():
+                name = spec.checkpoint_key(key)
+                if name is None:
+                    continue
+                tensor = f.get_tensor(key)
+                state[name] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+    return state
+
+
+def build_empty(spec: FamilySpec, hf_config) -> nn.Module:
+    """The HF model with parameters on the meta device (buffers real), ready for assign-loading."""
+    import transformers
+    from accelerate import init_empty_weights
+
+    hf_config._attn_implementation = "sdpa"
+    with init_empty_weights(include_buffers=False):
+        return getattr(transformers, spec.model_class)(hf_config)
+
+
+def load_hf_model(folder: Path, device: str | torch.device | None = None,
+                  dtype: torch.dtype | None = None) -> tuple[nn.Module, FamilySpec]:
+    if not folder.is_dir():
+        raise UnsupportedCheckpointError(f"{folder} is not a folder: give the local folder of an HF checkpoint")
+    config = read_config(folder)
+    spec = family_for_config(config)
+    hf_config = hf_config_for(spec, config)
+    device = device or "cpu"
+    model = build_empty(spec, hf_config)
+    state = read_state_dict(spec, folder, dtype, device)
+    expected = set(model.state_dict())
+    tied = getattr(hf_config.get_text_config(), "tie_word_embeddings", False) or getattr(
+        hf_config, "tie_word_embeddings", False)
+    missing = sorted(expected - set(state) - ({"lm_head.weight"} if tied else set()))
+    unexpected = sorted(set(state) - expected)
+    if missing or unexpected:
+        raise UnsupportedCheckpointError(
+            f"the weights in {folder} do not fit its config ({spec.name}): "
+            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+    for name, tensor in state.items():
+        expected_shape = model.get_parameter(name).shape if name in dict(model.named_parameters()) else None
+        if expected_shape is not None and tuple(expected_shape) != tuple(tensor.shape):
+            raise UnsupportedCheckpointError(f"{folder}: tensor {name} has shape {tuple(tensor.shape)}, the config "
+                                             f"says {tuple(expected_shape)}")
+    model.load_state_dict(state, strict=False, assign=True)
+    if tied:
+        model.tie_weights()
+    model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+    return model.eval(), spec
+
+
+def load_processor(folder: Path) -> Any:
+    """The folder's HF processor, or None when it has no processor files. Never runs remote code."""
+    if not any((folder / f).is_file() for f in PROCESSOR_FILES):
+        return None
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
