@@ -1,0 +1,196 @@
+"""Forward-pass overhead of HookedAVModel against the HF reference (sdpa), on the same random-weight model.
+
+One run builds a random-weight Qwen2.5-Omni thinker with a larger decoder (the encoders stay tiny; they are not
+called on text-only input), wraps it with `HookedAVModel.from_hf_model` (weights shared, not copied) and times,
+for each sequence length, a text-only forward pass of:
+
+    hf            hf_model(input_ids=..., attention_mask=...)             (sdpa on every layer)
+    no hooks      model(input_ids=..., attention_mask=...)                (sdpa on every layer)
+    cache resid   model.run_with_cache(batch, names_filter=<every hook_resid_post>)
+    1 pattern     model.run_with_hooks(batch, fwd_hooks=[("blocks.1.attn.hook_pattern", fn)])  (layer 1 eager)
+    all eager     model(...) with every model.blocks[l].attn.force_eager = True
+
+Runs are interleaved (one of each configuration per round) so that drift of the machine's speed hits all of them
+alike; the table reports medians over the rounds. Targets: no hooks <= 1.05x HF, cache resid <= 1.15x HF, and one
+pattern hook ~ "HF + one eager layer" = HF + (all eager - no hooks) / n_layers.
+
+    python benchmarks/forward_overhead.py                       # defaults: 2k and 4k tokens, fp32, CPU
+    python benchmarks/forward_overhead.py --device cuda --dtype bfloat16 --layers 8 --seq-lens 2048 4096 8192
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from hooked_av import HookedAVModel
+from hooked_av.testing.tiny import TinySizes, tiny_omni_thinker
+
+CONFIGS = ("hf", "no hooks", "cache resid", "1 pattern", "all eager")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seq-lens", type=int, nargs="+", default=[2048, 4096], help="prompt lengths in tokens")
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--hidden", type=int, default=512, help="d_model (head_dim = hidden / heads)")
+    p.add_argument("--intermediate", type=int, default=None, help="d_mlp (default: 3 x hidden)")
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds (each runs every configuration once)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds before the timed ones")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def mrope_section(head_dim: int) -> tuple[int, int, int]:
+    """A Qwen-like split of head_dim/2 rotary channels into time / height / width (16/24/24 for 128)."""
+    half = head_dim // 2
+    t = half // 4
+    h = (half - t) // 2
+    return t, h, half - t - h
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], object], device: str) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    out = fn()
+    synchronize(device)
+    elapsed = time.perf_counter() - start
+    del out
+    return elapsed
+
+
+def make_runners(hf_model, model: HookedAVModel, batch: dict) -> dict[str, Callable[[], object]]:
+    names_filter = lambda name: name.endswith("hook_resid_post")  # noqa: E731
+    seen: list[torch.Tensor] = []
+
+    def keep_pattern(pattern: torch.Tensor, hook) -> None:  # a cheap read of the pattern, as an analysis would
+        seen.clear()
+        seen.append(pattern[:, :, -1])
+
+    def hf() -> object:
+        return hf_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    def no_hooks() -> object:
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+
+    def cache_resid() -> object:
+        return model.run_with_cache(batch, names_filter=names_filter)
+
+    def one_pattern() -> object:
+        return model.run_with_hooks(batch, fwd_hooks=[("blocks.1.attn.hook_pattern", keep_pattern)])
+
+    def all_eager() -> object:
+        for block in model.blocks:
+            block.attn.force_eager = True
+        try:
+            return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        finally:
+            for block in model.blocks:
+                block.attn.force_eager = False
+
+    return dict(zip(CONFIGS, (hf, no_hooks, cache_resid, one_pattern, all_eager)))
+
+
+def check_paths(model: HookedAVModel, runners: dict[str, Callable[[], object]]) -> None:
+    """Make sure each configuration takes the attention path it is meant to measure."""
+    expected = {"no hooks": set(), "cache resid": set(), "1 pattern": {1},
+                "all eager": set(range(model.cfg.n_layers))}
+    for name, eager_layers in expected.items():
+        runners[name]()
+        got = {i for i, b in enumerate(model.blocks) if b.attn.last_path == "eager"}
+        if got != eager_layers:
+            raise RuntimeError(f"{name}: eager layers {sorted(got)}, expected {sorted(eager_layers)}")
+
+
+def bench_length(hf_model, model: HookedAVModel, seq_len: int, args: argparse.Namespace) -> dict[str, float]:
+    gen = torch.Generator().manual_seed(args.seed + seq_len)
+    # Ordinary tokens only: the 256 byte tokens of the tiny tokenizer (no specials, no placeholders).
+    input_ids = torch.randint(0, 256, (args.batch, seq_len), generator=gen).to(args.device)
+    batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+    runners = make_runners(hf_model, model, batch)
+    with torch.no_grad():
+        check_paths(model, runners)
+        times: dict[str, list[float]] = {name: [] for name in CONFIGS}
+        for round_ in range(args.warmup + args.repeats):
+            for name in CONFIGS:
+                t = timed(runners[name], args.device)
+                if round_ >= args.warmup:
+                    times[name].append(t)
+                gc.collect()
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def print_table(results: dict[int, dict[str, float]], n_layers: int) -> None:
+    header = (f"| {'tokens':>6} | {'config':<22} | {'median s':>8} | {'ours/HF':>7} | {'target':<28} |")
+    rule = "|" + "|".join("-" * (len(c) - 1) + ":" if i != 1 else "-" * len(c)
+                          for i, c in enumerate(header.strip("|").split("|"))) + "|"
+    print(header)
+    print(rule)
+    for seq_len, r in results.items():
+        hf = r["hf"]
+        per_eager_layer = (r["all eager"] - r["no hooks"]) / n_layers
+        expected_pattern = hf + per_eager_layer
+        rows = [
+            ("HF sdpa (reference)", hf, ""),
+            ("ours, no hooks", r["no hooks"], "<= 1.05"),
+            ("ours, cache resid_post", r["cache resid"], "<= 1.15"),
+            ("ours, 1 hook_pattern", r["1 pattern"],
+             f"~ {expected_pattern / hf:.2f} (HF + 1 eager layer)"),
+            ("ours, all layers eager", r["all eager"], f"eager cost {per_eager_layer:.3f} s/layer"),
+        ]
+        for name, t, target in rows:
+            print(f"| {seq_len:>6} | {name:<22} | {t:>8.3f} | {t / hf:>7.3f} | {target:<28} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    head_dim = args.hidden // args.heads
+    sizes = TinySizes(hidden=args.hidden, intermediate=args.intermediate or 3 * args.hidden, layers=args.layers,
+                      heads=args.heads, kv_heads=args.kv_heads, mrope_section=mrope_section(head_dim))
+    hf_model, processor = tiny_omni_thinker(sizes=sizes, seed=args.seed, dtype=dtype, attn_implementation="sdpa")
+    hf_model = hf_model.to(args.device)
+    model = HookedAVModel.from_hf_model(hf_model, processor)
+    assert model.W_E.data_ptr() == hf_model.get_input_embeddings().weight.data_ptr(), "weights must be shared"
+
+    where = (torch.cuda.get_device_name() if args.device == "cuda"
+             else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads")
+    print(f"device: {where}; torch {torch.__version__}; dtype {args.dtype}; batch {args.batch}")
+    print(f"decoder: {sizes.layers} layers, d_model {sizes.hidden}, d_mlp {sizes.intermediate}, {sizes.heads} heads "
+          f"/ {sizes.kv_heads} kv heads, d_head {head_dim}, mrope_section {list(sizes.mrope_section)}, "
+          f"vocab {model.cfg.d_vocab}")
+    print(f"timing: median of {args.repeats} interleaved rounds after {args.warmup} warm-up round(s), "
+          "torch.no_grad\n")
+
+    results: dict[int, dict[str, float]] = {}
+    for seq_len in args.seq_lens:
+        results[seq_len] = bench_length(hf_model, model, seq_len, args)
+        print(f"  {seq_len} tokens done: " + ", ".join(f"{k} {v:.3f}s" for k, v in results[seq_len].items()),
+              flush=True)
+    print()
+    print_table(results, sizes.layers)
+    print("\n'HF + 1 eager layer' = HF + (all eager - no hooks) / n_layers: the cost one eager layer adds.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
