@@ -139,8 +139,7 @@ def bench_length(hf_model, model: HookedAVModel, seq_len: int, args: argparse.Na
 
 def print_table(results: dict[int, dict[str, float]], n_layers: int) -> None:
     header = (f"| {'tokens':>6} | {'config':<22} | {'median s':>8} | {'ours/HF':>7} | {'target':<28} |")
-    rule = "|" + "|".join("-" * (len(c) - 1) + ":" if i != 1 else "-" * len(c)
-                          for i, c in enumerate(header.strip("|").split("|"))) + "|"
+    rule = "|-------:|------------------------|---------:|--------:|------------------------------|"
     print(header)
     print(rule)
     for seq_len, r in results.items():

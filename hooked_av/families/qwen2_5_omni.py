@@ -68,6 +68,7 @@ class Qwen25OmniAdapter(FamilyAdapter):
         videos = [s.video for s in samples if s.video is not None]
         audios = [s.audio for s in samples if s.audio is not None]
         images = [s.image for s in samples if s.image is not None]
+        processor_kwargs.setdefault("padding_side", "left")  # generation appends after the last position
         kwargs: dict[str, Any] = dict(return_tensors="pt", padding=True, **processor_kwargs)
         if videos:
             kwargs.update(fps=fps, cap_pixels_per_frame=True)

@@ -62,6 +62,7 @@ class Qwen25VLAdapter(FamilyAdapter):
                  for s in samples]
         videos = [s.video for s in samples if s.video is not None]
         images = [s.image for s in samples if s.image is not None]
+        processor_kwargs.setdefault("padding_side", "left")  # generation appends after the last position
         kwargs: dict[str, Any] = dict(return_tensors="pt", padding=True, return_mm_token_type_ids=True,
                                       **processor_kwargs)
         if videos:

@@ -73,6 +73,7 @@ class HookedAVModel(HookedRootModule):
         self.unembed = adapter.module(modules["unembed"])
         self.token_roles = adapter.token_roles()
         self.setup()
+        self.eval()
 
     def setup(self) -> None:
         # As HookedRootModule.setup, but the HF encoders' own modules are left untouched (no `name` attribute).
@@ -142,10 +143,15 @@ class HookedAVModel(HookedRootModule):
         return ids[0]
 
     def tokens_to_residual_directions(self, tokens: str | int | Tensor) -> Tensor:
+        """Unembedding directions [..., d_model] in the space of `ln_final.hook_normalized`.
+
+        The final norm's weight is folded in (as TransformerLens does with fold_ln), so that logit attributions
+        of components scaled by `apply_ln_to_stack` sum to the model's logits exactly.
+        """
         if isinstance(tokens, str):
             tokens = self.to_single_token(tokens)
         tokens = torch.as_tensor(tokens, device=self.device)
-        return self.W_U[:, tokens].movedim(0, -1)
+        return (self.ln_final.w[:, None] * self.W_U)[:, tokens].movedim(0, -1)
 
     def _enable_hook(self, name: str | Callable, hook: Callable, dir: Literal["fwd", "bwd"]) -> None:
         if isinstance(name, str):

@@ -1,0 +1,220 @@
+"""Hook points, per-layer attention dispatch, decode-step hooks and typed errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hooked_av import InputError, LayerIndexError, PlaceholderMismatchError, UnknownHookError
+
+PER_LAYER = ["hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k",
+             "attn.hook_v", "attn.hook_rot_q", "attn.hook_rot_k", "attn.hook_attn_mask", "attn.hook_attn_scores",
+             "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "ln2.hook_scale",
+             "ln2.hook_normalized", "mlp.hook_pre", "mlp.hook_pre_linear", "mlp.hook_post", "hook_mlp_out",
+             "hook_resid_post"]
+
+
+def test_every_hook_point_fires_with_transformer_lens_shapes(omni, omni_batches):
+    _, _, model = omni
+    batch = omni_batches["audio+video"]
+    _, cache = model.run_with_cache(batch)
+    cfg = model.cfg
+    b, n = batch["input_ids"].shape
+    expected_names = {"hook_embed", "hook_audio_embeds", "hook_video_embeds", "hook_inputs_embeds",
+                      "hook_pos_ids", "ln_final.hook_scale", "ln_final.hook_normalized"}
+    expected_names |= {f"blocks.{l}.{s}" for l in range(cfg.n_layers) for s in PER_LAYER}
+    assert expected_names <= set(cache.keys())
+    shapes = {
+        "hook_resid_pre": (b, n, cfg.d_model), "attn.hook_q": (b, n, cfg.n_heads, cfg.d_head),
+        "attn.hook_k": (b, n, cfg.n_key_value_heads, cfg.d_head), "attn.hook_rot_q": (b, n, cfg.n_heads, cfg.d_head),
+        "attn.hook_attn_mask": (b, 1, n, n), "attn.hook_attn_scores": (b, cfg.n_heads, n, n),
+        "attn.hook_pattern": (b, cfg.n_heads, n, n), "attn.hook_z": (b, n, cfg.n_heads, cfg.d_head),
+        "mlp.hook_post": (b, n, cfg.d_mlp), "ln1.hook_scale": (b, n, 1), "hook_resid_post": (b, n, cfg.d_model)}
+    for suffix, shape in shapes.items():
+        assert tuple(cache[f"blocks.1.{suffix}"].shape) == shape, suffix
+    assert tuple(cache["hook_pos_ids"].shape) == (3, b, n)
+
+
+def test_hook_values_are_consistent(omni, omni_batches):
+    _, _, model = omni
+    _, cache = model.run_with_cache(omni_batches["video"])
+    blk = model.blocks[0]
+    resid = cache["blocks.0.hook_resid_pre"]
+    assert torch.allclose(cache["blocks.0.ln1.hook_normalized"] * cache["blocks.0.ln1.hook_scale"], resid, atol=1e-5)
+    z = cache["blocks.0.attn.hook_z"]
+    attn_out = torch.einsum("bphd,hdm->bpm", z, blk.attn.W_O)
+    assert torch.allclose(attn_out, cache["blocks.0.hook_attn_out"], atol=1e-5)
+    pattern, v = cache["blocks.0.attn.hook_pattern"], cache["blocks.0.attn.hook_v"]
+    v_per_head = v.repeat_interleave(model.cfg.n_kv_groups, dim=2)
+    assert torch.allclose(torch.einsum("bhqk,bkhd->bqhd", pattern, v_per_head), z, atol=1e-5)
+    assert torch.allclose(cache["blocks.0.hook_resid_mid"], resid + cache["blocks.0.hook_attn_out"], atol=1e-6)
+
+
+def test_dispatch_is_fused_unless_scores_or_pattern_are_needed(omni, omni_batches):
+    _, _, model = omni
+    batch = omni_batches["audio+video"]
+    paths = lambda: [b.attn.last_path for b in model.blocks]  # noqa: E731
+    model(batch)
+    assert paths() == ["sdpa", "sdpa"]
+    model.run_with_cache(batch, names_filter=lambda n: n.endswith("hook_resid_post"))
+    assert paths() == ["sdpa", "sdpa"]
+    model.run_with_hooks(batch, fwd_hooks=[("blocks.1.attn.hook_pattern", lambda x, hook: None)])
+    assert paths() == ["sdpa", "eager"]
+    model.run_with_cache(batch, names_filter="blocks.0.attn.hook_attn_scores")
+    assert paths() == ["eager", "sdpa"]
+    model.run_with_hooks(batch, fwd_hooks=[(lambda n: n.endswith("hook_attn_mask"), lambda x, hook: x)])
+    assert paths() == ["sdpa", "sdpa"]
+    model(batch)
+    assert paths() == ["sdpa", "sdpa"]
+
+
+def test_eager_and_fused_paths_agree(omni, omni_batches):
+    _, _, model = omni
+    batch = omni_batches["padded_batch"]
+    fused = model(batch)
+    eager = model.run_with_hooks(batch, fwd_hooks=[(lambda n: n.endswith("hook_pattern"), lambda x, hook: x)])
+    keep = batch["attention_mask"].bool()
+    assert (fused - eager)[keep].abs().max() < 1e-5
+
+
+def test_mask_knockout_stays_fused_and_equals_eager_score_edit(omni, omni_batches):
+    """Blocking audio -> last prompt position via hook_attn_mask equals editing the eager scores."""
+    _, _, model = omni
+    batch = omni_batches["audio+video"]
+    audio = model.modality_map(batch).mask("audio")[0]
+    block = torch.finfo(torch.float32).min
+
+    def knock_mask(mask, hook):
+        mask[:, :, -1, audio] = block
+        return mask
+
+    def knock_scores(scores, hook):
+        scores[:, :, -1, audio] = block
+        return scores
+
+    layers = range(model.cfg.n_layers)
+    via_mask = model.run_with_hooks(batch, fwd_hooks=[(f"blocks.{l}.attn.hook_attn_mask", knock_mask) for l in layers])
+    assert [b.attn.last_path for b in model.blocks] == ["sdpa", "sdpa"]
+    via_scores = model.run_with_hooks(batch, fwd_hooks=[(f"blocks.{l}.attn.hook_attn_scores", knock_scores)
+                                                        for l in layers])
+    clean = model(batch)
+    assert torch.allclose(via_mask, via_scores, atol=1e-5)
+    assert torch.equal(via_mask[:, :-1], clean[:, :-1])  # only the last query was touched
+    assert (via_mask[:, -1] - clean[:, -1]).abs().max() > 1e-4
+
+
+def test_decode_only_pattern_hook_sees_one_row_over_all_keys(omni, omni_batches):
+    _, _, model = omni
+    batch = omni_batches["audio+video"]
+    prompt_len = batch["input_ids"].shape[1]
+    rows, prefill_paths = [], []
+
+    def record_row(pattern, hook):
+        rows.append(pattern.clone())
+
+    def record_path(x, hook):
+        prefill_paths.append((x.shape[1], model.blocks[0].attn.last_path))
+
+    out = model.generate(batch, max_new_tokens=6, stop_token_ids=[],
+                         fwd_hooks=[("blocks.0.hook_attn_out", record_path)],
+                         decode_fwd_hooks=[("blocks.0.attn.hook_pattern", record_row)])
+    assert prefill_paths[0] == (prompt_len, "sdpa")  # the prefill stayed fused
+    assert all(path == "eager" for n, path in prefill_paths[1:]) and all(n == 1 for n, _ in prefill_paths[1:])
+    assert len(rows) == 5
+    for step, row in enumerate(rows):
+        assert row.shape == (1, model.cfg.n_heads, 1, prompt_len + step + 1)
+        assert torch.allclose(row.sum(-1), torch.ones(1, model.cfg.n_heads, 1), atol=1e-5)
+    # Each decode row equals the same row of a full forward over the generated sequence: the KV cache is used.
+    full_batch = {**batch, "input_ids": out.sequences, "attention_mask": torch.ones_like(out.sequences)}
+    _, cache = model.run_with_cache(full_batch, names_filter="blocks.0.attn.hook_pattern")
+    full = cache["blocks.0.attn.hook_pattern"]
+    for step, row in enumerate(rows):
+        q = prompt_len + step
+        assert torch.allclose(row[0, :, 0], full[0, :, q, :q + 1], atol=1e-5)
+        assert row[0, :, 0, :prompt_len].sum(-1).min() > 0.01  # not attending only to itself
+
+
+def test_hooks_fire_at_every_decode_step_and_can_steer(omni, omni_batches):
+    _, _, model = omni
+    batch = omni_batches["text"]
+    seen = []
+    out = model.generate(batch, max_new_tokens=5, stop_token_ids=[],
+                         fwd_hooks=[("blocks.1.hook_resid_post", lambda x, hook: seen.append(x.shape[1]))])
+    assert seen == [batch["input_ids"].shape[1], 1, 1, 1, 1]
+    target = 65
+
+    def force(logits_in, hook):  # push the final residual onto one token's direction
+        return logits_in + 1e4 * model.tokens_to_residual_directions(target) / model.ln_final.w.abs().max()
+
+    steered = model.generate(batch, max_new_tokens=4, stop_token_ids=[],
+                             fwd_hooks=[("ln_final.hook_normalized", force)])
+    assert steered.new_tokens.tolist() == [[target] * 4]
+    assert out.new_tokens.tolist() != steered.new_tokens.tolist()
+
+
+def test_sampling_is_reproducible_with_a_seed(omni, omni_batches):
+    _, _, model = omni
+    batch = omni_batches["text"]
+    a = model.generate(batch, max_new_tokens=8, do_sample=True, temperature=2.0, top_k=50, seed=3)
+    b = model.generate(batch, max_new_tokens=8, do_sample=True, temperature=2.0, top_k=50, seed=3)
+    greedy = model.generate(batch, max_new_tokens=8)
+    assert torch.equal(a.sequences, b.sequences)
+    assert not torch.equal(a.sequences, greedy.sequences)
+
+
+def test_unknown_hook_name_is_a_typed_error(omni, omni_batches):
+    _, _, model = omni
+    with pytest.raises(UnknownHookError, match="hook_patern"):
+        model.run_with_hooks(omni_batches["text"], fwd_hooks=[("blocks.0.attn.hook_patern", lambda x, hook: x)])
+    with pytest.raises(UnknownHookError, match="Did you mean"):
+        with model.hooks(fwd_hooks=[("blocks.0.hook_resid", lambda x, hook: x)]):
+            pass
+
+
+def test_layer_out_of_range_is_a_typed_error(omni, omni_batches):
+    _, _, model = omni
+    with pytest.raises(LayerIndexError, match="2 layers"):
+        model.run_with_hooks(omni_batches["text"], fwd_hooks=[("blocks.7.hook_resid_post", lambda x, hook: x)])
+
+
+def test_hooks_are_removed_after_an_exception(omni, omni_batches):
+    _, _, model = omni
+    batch = omni_batches["text"]
+
+    def boom(x, hook):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        model.run_with_hooks(batch, fwd_hooks=[("blocks.0.attn.hook_pattern", boom)])
+    with pytest.raises(RuntimeError, match="boom"):
+        with model.hooks(fwd_hooks=[("blocks.1.hook_resid_post", boom)]):
+            model(batch)
+    with pytest.raises(RuntimeError, match="boom"):
+        model.generate(batch, max_new_tokens=3, decode_fwd_hooks=[("blocks.1.hook_resid_post", boom)],
+                       stop_token_ids=[])
+    assert not any(hp.fwd_hooks for hp in model.hook_dict.values())
+    model(batch)
+    assert [b.attn.last_path for b in model.blocks] == ["sdpa", "sdpa"]
+
+
+def test_placeholder_count_mismatch_is_a_typed_error(omni, omni_batches):
+    _, processor, model = omni
+    batch = dict(omni_batches["audio"])
+    ids = batch["input_ids"].clone()
+    audio_id = processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")
+    ids[0, (ids[0] == audio_id).nonzero()[0]] = processor.tokenizer.convert_tokens_to_ids("a")
+    with pytest.raises(PlaceholderMismatchError, match="99 audio placeholder tokens but the audio encoder returned 100"):
+        model({**batch, "input_ids": ids})
+    no_media = {k: v for k, v in batch.items() if k not in ("input_features", "feature_attention_mask")}
+    with pytest.raises(PlaceholderMismatchError, match="no audio input"):
+        model(no_media)
+
+
+def test_use_audio_in_video_must_match_the_batch(omni, omni_batches):
+    _, _, model = omni
+    with pytest.raises(InputError, match="use_audio_in_video=False"):
+        model({**omni_batches["use_audio_in_video"], "use_audio_in_video": False})
+    with pytest.raises(InputError, match="use_audio_in_video=True"):
+        model({**omni_batches["audio+video"], "use_audio_in_video": True})
+    with pytest.raises(InputError, match="no input_ids"):
+        model({"attention_mask": omni_batches["text"]["attention_mask"]})
