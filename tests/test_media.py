@@ -1,0 +1,77 @@
+"""Media files decoded with PyAV into model inputs; prepare_inputs from files equals prepare_inputs from arrays."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+
+from hooked_av import MissingMediaError
+from hooked_av.data.media import load_audio, load_video
+
+
+def write_clip(path, seconds=2.0, fps=10, sr=16000, size=(64, 48), with_audio=True):
+    """A test clip: frame i is filled with gray level 10*i (mod 250); the audio is a 440 Hz sine."""
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("mpeg4", rate=fps)
+        video.width, video.height, video.pix_fmt = size[0], size[1], "yuv420p"
+        audio = out.add_stream("aac", rate=sr, layout="mono") if with_audio else None
+        for i in range(int(seconds * fps)):
+            frame = av.VideoFrame.from_ndarray(np.full((size[1], size[0], 3), (10 * i) % 250, np.uint8), format="rgb24")
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        if audio is not None:
+            t = np.arange(int(seconds * sr)) / sr
+            samples = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+            for start in range(0, samples.size, 1024):
+                frame = av.AudioFrame.from_ndarray(samples[None, start:start + 1024], format="flt", layout="mono")
+                frame.sample_rate = sr
+                out.mux(audio.encode(frame))
+            out.mux(audio.encode(None))
+
+
+def test_frames_are_sampled_at_the_requested_fps(tmp_path):
+    path = tmp_path / "clip.mp4"
+    write_clip(path)
+    frames = load_video(path, fps=2.0)
+    assert frames.shape == (4, 48, 64, 3) and frames.dtype == np.uint8
+    levels = frames.reshape(4, -1).mean(1)
+    assert np.allclose(levels, [0, 50, 100, 150], atol=6)  # frames 0, 5, 10, 15 of a 10 fps clip
+
+
+def test_audio_is_16khz_mono(tmp_path):
+    path = tmp_path / "clip.mp4"
+    write_clip(path)
+    wave = load_audio(path, 16000)
+    assert wave.dtype == np.float32 and wave.ndim == 1
+    assert abs(wave.size - 32000) < 2048
+    spectrum = np.abs(np.fft.rfft(wave[4000:20000]))
+    assert abs(np.argmax(spectrum) * 16000 / 16000 - 440) < 2
+
+
+def test_missing_and_broken_files_are_typed_errors(tmp_path):
+    with pytest.raises(MissingMediaError, match="not found"):
+        load_video(tmp_path / "nope.mp4")
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all")
+    with pytest.raises(MissingMediaError, match="broken.mp4"):
+        load_video(broken)
+    silent = tmp_path / "silent.mp4"
+    write_clip(silent, with_audio=False)
+    with pytest.raises(MissingMediaError, match="no audio stream"):
+        load_audio(silent)
+
+
+def test_prepare_inputs_reads_the_sound_track_of_a_video_file(omni, tmp_path):
+    _, _, model = omni
+    path = tmp_path / "clip.mp4"
+    write_clip(path, seconds=4.0)
+    from_file = model.prepare_inputs("What happens?", video=path, use_audio_in_video=True)
+    from_arrays = model.prepare_inputs("What happens?", video=load_video(path, 2.0), audio=load_audio(path),
+                                       use_audio_in_video=True)
+    assert from_file["use_audio_in_video"] is True
+    for key in ("input_ids", "pixel_values_videos", "input_features", "feature_attention_mask"):
+        assert (from_file[key] == from_arrays[key]).all(), key
+    runs = [r for r in model.modality_map(from_file).runs() if r[0] in ("video", "audio")]
+    assert [name for name, _ in runs] == ["video", "audio", "video", "audio"]
+    assert model(from_file).shape[1] == from_file["input_ids"].shape[1]
