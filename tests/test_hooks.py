@@ -218,3 +218,33 @@ def test_use_audio_in_video_must_match_the_batch(omni, omni_batches):
         model({**omni_batches["audio+video"], "use_audio_in_video": True})
     with pytest.raises(InputError, match="no input_ids"):
         model({"attention_mask": omni_batches["text"]["attention_mask"]})
+
+
+def test_permanent_hooks_check_names_and_persist_until_reset(omni, omni_batches):
+    _, _, model = omni
+    batch = omni_batches["text"]
+    with pytest.raises(UnknownHookError):
+        model.add_hook("blocks.0.hook_nothing", lambda x, hook: x)
+    calls = []
+    model.add_hook("blocks.0.hook_resid_pre", lambda x, hook: calls.append(1))
+    model(batch)
+    model(batch)
+    assert len(calls) == 2
+    model.reset_hooks()
+    model(batch)
+    assert len(calls) == 2
+
+
+def test_full_omni_model_wraps_its_thinker(omni, omni_batches):
+    from transformers import Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration
+
+    from hooked_av import HookedAVModel
+
+    hf_thinker, processor, model = omni
+    config = Qwen2_5OmniConfig(thinker_config=hf_thinker.config.to_dict(), enable_audio_output=False)
+    full = Qwen2_5OmniForConditionalGeneration(config).eval()
+    full.thinker.load_state_dict(hf_thinker.state_dict())
+    wrapped = HookedAVModel.from_hf_model(full, processor)
+    assert wrapped.embed is full.thinker.model.language_model.embed_tokens
+    batch = omni_batches["audio+video"]
+    assert torch.allclose(wrapped(batch), model(batch), atol=1e-5)

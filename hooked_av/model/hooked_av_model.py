@@ -158,6 +158,11 @@ class HookedAVModel(HookedRootModule):
             self.check_hook_name(name)
         super()._enable_hook(name, hook, dir)
 
+    def add_hook(self, name: str | Callable, hook: Callable, *args: Any, **kwargs: Any) -> None:
+        if isinstance(name, str):
+            self.check_hook_name(name)
+        super().add_hook(name, hook, *args, **kwargs)
+
     def check_hook_name(self, name: str) -> None:
         if name in self.hook_dict:
             return
