@@ -303,6 +303,9 @@ class HookedAVModel(HookedRootModule):
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         with self.hooks(fwd_hooks=list(fwd_hooks)):
             prompt = self.embed_prompt(batch, **inputs)
+            if not bool(prompt.attention_mask[:, -1].all()):
+                raise InputError("generate needs left padding: a row of attention_mask ends in 0. Pad with "
+                                 "padding_side='left' (model.prepare_inputs does)")
             n_batch, prompt_len = prompt.attention_mask.shape
             cache = KVCache(self.cfg.n_layers, n_batch, self.cfg.n_key_value_heads, prompt_len + max_new_tokens,
                             self.cfg.d_head, prompt.inputs_embeds.dtype, self.device)
