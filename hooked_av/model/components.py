@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from hooked_av.model.config import HookedAVConfig
-from hooked_av.model.kv_cache import KVCache
+from hooked_av.model.kv_cache import KVCache, SharedPrefixKVCache
 
 ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
 
@@ -160,6 +160,12 @@ class Attention(nn.Module):
         q = fire(self.hook_rot_q, apply_rotary(q, cos, sin)).transpose(1, 2)
         k = fire(self.hook_rot_k, apply_rotary(k, cos, sin)).transpose(1, 2)
         v = v.transpose(1, 2)
+        if isinstance(kv_cache, SharedPrefixKVCache):
+            k, v = kv_cache.update(self.layer, k, v)
+            attn_mask, _ = mask.for_layer(self.hook_attn_mask, eager=True)
+            self.last_path = "shared_prefix"
+            z = self._attend_shared_prefix(q, kv_cache.prefix_kv(self.layer), k, v, attn_mask)
+            return self.o_proj(fire(self.hook_z, z.transpose(1, 2)).reshape(b, n, -1))
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer, k, v)
         eager = self.needs_eager()
@@ -179,9 +185,34 @@ class Attention(nn.Module):
         g = self.cfg.n_kv_groups
         qg = q.view(b, h // g, g, nq, d)
         scores = (qg @ k.unsqueeze(2).transpose(-1, -2)).view(b, h, nq, -1) * self.scale
-        scores = fire(self.hook_attn_scores, scores + attn_mask)
-        pattern = fire(self.hook_pattern, torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
+        pattern = self._softmax_pattern(scores, attn_mask, q.dtype)
         return (pattern.view(b, h // g, g, nq, -1) @ v.unsqueeze(2)).view(b, h, nq, d)
+
+    def _softmax_pattern(self, scores: Tensor, attn_mask: Tensor, dtype: torch.dtype) -> Tensor:
+        scores = fire(self.hook_attn_scores, scores + attn_mask)
+        return fire(self.hook_pattern, torch.softmax(scores, dim=-1, dtype=torch.float32).to(dtype))
+
+    def _attend_shared_prefix(self, q: Tensor, prefix: tuple[Tensor, Tensor], k: Tensor, v: Tensor,
+                              attn_mask: Tensor) -> Float[Tensor, "batch head q d"]:
+        """Attention of every row over the shared prefix (batch 1) plus its own suffix, in one softmax.
+
+        The rows' queries are folded into the query axis of the single prefix batch, so the prefix keys and
+        values are read once for all rows instead of being expanded (copied) per row.
+        """
+        b, h, nq, d = q.shape
+        g = self.cfg.n_kv_groups
+        kp, vp = prefix  # [1, kv, N, d]
+        n_prefix = kp.shape[2]
+        folded = q.view(b, h // g, g, nq, d).transpose(0, 1).reshape(1, h // g, b * g * nq, d)
+        prefix_scores = (folded @ kp.transpose(-1, -2)).view(h // g, b, g, nq, n_prefix).transpose(0, 1)
+        own_scores = q.view(b, h // g, g, nq, d) @ k.unsqueeze(2).transpose(-1, -2)
+        scores = torch.cat([prefix_scores.reshape(b, h, nq, n_prefix), own_scores.view(b, h, nq, -1)], dim=-1)
+        pattern = self._softmax_pattern(scores * self.scale, attn_mask, q.dtype)
+        p_prefix, p_own = pattern.split([n_prefix, pattern.shape[-1] - n_prefix], dim=-1)
+        p_folded = p_prefix.reshape(b, h // g, g, nq, n_prefix).transpose(0, 1).reshape(1, h // g, b * g * nq, n_prefix)
+        z_prefix = (p_folded @ vp).view(h // g, b, g, nq, d).transpose(0, 1).reshape(b, h, nq, d)
+        z_own = (p_own.reshape(b, h // g, g, nq, -1) @ v.unsqueeze(2)).view(b, h, nq, d)
+        return z_prefix + z_own
 
     # Weight views in TransformerLens layout (no copies).
     @property

@@ -7,7 +7,7 @@ hooked blocks (fused SDPA unless a hook needs the pattern) -> final norm -> unem
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +23,7 @@ from hooked_av.model.activation_cache import AVActivationCache
 from hooked_av.model.components import AttentionMask, RMSNorm, RotaryEmbedding, fire
 from hooked_av.model.errors import InputError, PlaceholderMismatchError, UnknownHookError, check_layer
 from hooked_av.model.family_spec import family_for_hf_model
-from hooked_av.model.kv_cache import KVCache
+from hooked_av.model.kv_cache import KVCache, SharedPrefixKVCache
 from hooked_av.model.modality import Modality, ModalityMap, build_modality_map
 
 HookList = Sequence[tuple[str | Callable[[str], bool], Callable]]
@@ -40,6 +40,42 @@ class Prompt:
     positions: Int[Tensor, "axes batch pos"]
     attention_mask: Int[Tensor, "batch pos"]
     modality_map: ModalityMap
+
+
+@dataclass
+class DecodeState:
+    """What decoding continues from: the KV cache, the mask over its keys, the next rotary position, logits."""
+
+    cache: KVCache | SharedPrefixKVCache
+    attention_mask: Int[Tensor, "batch keys"]
+    next_pos: Int[Tensor, "axes batch 1"]
+    logits: Float[Tensor, "batch vocab"]
+
+
+@dataclass
+class Sampling:
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    generator: torch.Generator | None = field(default=None, repr=False)
+
+    def next_token(self, logits: Tensor) -> Tensor:
+        if not self.do_sample:
+            return logits.argmax(dim=-1)
+        if self.generator is None and self.seed is not None:
+            self.generator = torch.Generator(device=logits.device).manual_seed(self.seed)
+        logits = logits.float() / max(self.temperature, 1e-5)
+        if self.top_k is not None:
+            kth = torch.topk(logits, min(self.top_k, logits.shape[-1])).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if self.top_p is not None:
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            probs = sorted_logits.softmax(-1)
+            drop = probs.cumsum(-1) - probs > self.top_p  # keep the smallest prefix reaching top_p
+            logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+        return torch.multinomial(logits.softmax(-1), 1, generator=self.generator)[:, 0]
 
 
 @dataclass
@@ -298,57 +334,57 @@ class HookedAVModel(HookedRootModule):
         pattern hook there costs one 1 x N row per head and step while the prefill stays on fused attention.
         Greedy output equals HF `generate` with the same stop tokens.
         """
-        stops = torch.tensor(list(stop_token_ids) if stop_token_ids is not None else self.adapter.stop_token_ids(),
-                             device=self.device)
-        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        sampling = Sampling(do_sample, temperature, top_k, top_p, seed)
+        stops = self.stop_tensor(stop_token_ids)
         with self.hooks(fwd_hooks=list(fwd_hooks)):
             prompt = self.embed_prompt(batch, **inputs)
-            if not bool(prompt.attention_mask[:, -1].all()):
-                raise InputError("generate needs left padding: a row of attention_mask ends in 0. Pad with "
-                                 "padding_side='left' (model.prepare_inputs does)")
-            n_batch, prompt_len = prompt.attention_mask.shape
-            cache = KVCache(self.cfg.n_layers, n_batch, self.cfg.n_key_value_heads, prompt_len + max_new_tokens,
-                            self.cfg.d_head, prompt.inputs_embeds.dtype, self.device)
-            resid = self.run_blocks(prompt.inputs_embeds, prompt.positions, prompt.attention_mask, cache)
-            logits = self.unembed(resid[:, -1])
-            attention_mask, next_pos = prompt.attention_mask, prompt.positions[:, :, -1:] + 1
-            finished = torch.zeros(n_batch, dtype=torch.bool, device=self.device)
-            new_tokens: list[Tensor] = []
+            state = self.prefill(prompt, max_new_tokens)
             with self.hooks(fwd_hooks=list(decode_fwd_hooks)):
-                for step in range(max_new_tokens):
-                    token = self._next_token(logits, do_sample, temperature, top_k, top_p, generator)
-                    token = torch.where(finished, self.adapter.pad_token_id(), token)
-                    new_tokens.append(token)
-                    finished = finished | torch.isin(token, stops)
-                    if bool(finished.all()) or step == max_new_tokens - 1:
-                        break
-                    attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
-                    embeds = fire(self.hook_inputs_embeds, fire(self.hook_embed, self.embed(token[:, None])))
-                    logits = self.unembed(self.run_blocks(embeds, next_pos, attention_mask, cache)[:, -1])
-                    next_pos = next_pos + 1
-        generated = torch.stack(new_tokens, dim=1)
-        text = (self.tokenizer.batch_decode(generated, skip_special_tokens=True) if self.tokenizer is not None
-                else [""] * n_batch)
-        return GenerationOutput(sequences=torch.cat([prompt.input_ids, generated], dim=1), new_tokens=generated,
-                                text=text, modality_map=prompt.modality_map.extend(generated.shape[1],
-                                                                                  after_stop(generated, stops)),
-                                prompt_length=prompt_len)
+                generated = self.decode(state, max_new_tokens, sampling, stops)
+        return self.generation_output(prompt, generated, stops)
 
-    @staticmethod
-    def _next_token(logits: Tensor, do_sample: bool, temperature: float, top_k: int | None, top_p: float | None,
-                    generator: torch.Generator | None) -> Tensor:
-        if not do_sample:
-            return logits.argmax(dim=-1)
-        logits = logits.float() / max(temperature, 1e-5)
-        if top_k is not None:
-            kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[..., -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        if top_p is not None:
-            sorted_logits, order = logits.sort(dim=-1, descending=True)
-            cum = sorted_logits.softmax(-1).cumsum(-1)
-            drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix reaching top_p
-            logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-        return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+    def stop_tensor(self, stop_token_ids: Sequence[int] | None = None) -> Tensor:
+        ids = list(stop_token_ids) if stop_token_ids is not None else self.adapter.stop_token_ids()
+        return torch.tensor(ids, dtype=torch.long, device=self.device)
+
+    def prefill(self, prompt: Prompt, max_new_tokens: int) -> DecodeState:
+        """Run the prompt into a fresh KV cache sized for `max_new_tokens` more positions."""
+        if not bool(prompt.attention_mask[:, -1].all()):
+            raise InputError("generation needs left padding: a row of attention_mask ends in 0. Pad with "
+                             "padding_side='left' (model.prepare_inputs does)")
+        n_batch, prompt_len = prompt.attention_mask.shape
+        cache = KVCache(self.cfg.n_layers, n_batch, self.cfg.n_key_value_heads, prompt_len + max_new_tokens,
+                        self.cfg.d_head, prompt.inputs_embeds.dtype, self.device)
+        resid = self.run_blocks(prompt.inputs_embeds, prompt.positions, prompt.attention_mask, cache)
+        return DecodeState(cache, prompt.attention_mask, prompt.positions[:, :, -1:] + 1, self.unembed(resid[:, -1]))
+
+    def decode(self, state: DecodeState, max_new_tokens: int, sampling: Sampling, stops: Tensor) -> Tensor:
+        """Sample up to `max_new_tokens` tokens [batch, new] from a prefilled state; rows pad after a stop token."""
+        pad = self.adapter.pad_token_id()
+        finished = torch.zeros(state.logits.shape[0], dtype=torch.bool, device=self.device)
+        new_tokens: list[Tensor] = []
+        logits, attention_mask, next_pos = state.logits, state.attention_mask, state.next_pos
+        for step in range(max_new_tokens):
+            token = torch.where(finished, pad, sampling.next_token(logits))
+            new_tokens.append(token)
+            finished = finished | torch.isin(token, stops)
+            if bool(finished.all()) or step == max_new_tokens - 1:
+                break
+            attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
+            embeds = fire(self.hook_inputs_embeds, fire(self.hook_embed, self.embed(token[:, None])))
+            logits = self.unembed(self.run_blocks(embeds, next_pos, attention_mask, state.cache)[:, -1])
+            next_pos = next_pos + 1
+        return torch.stack(new_tokens, dim=1)
+
+    def generation_output(self, prompt: Prompt, generated: Tensor, stops: Tensor) -> GenerationOutput:
+        text = (self.tokenizer.batch_decode(generated, skip_special_tokens=True) if self.tokenizer is not None
+                else [""] * generated.shape[0])
+        return GenerationOutput(sequences=torch.cat([prompt.input_ids.expand(generated.shape[0], -1), generated],
+                                                    dim=1),
+                                new_tokens=generated, text=text,
+                                modality_map=prompt.modality_map.extend(generated.shape[1],
+                                                                        after_stop(generated, stops)),
+                                prompt_length=prompt.input_ids.shape[1])
 
 
 _CACHE_KWARGS = {"names_filter", "device", "remove_batch_dim", "incl_bwd", "reset_hooks_end", "clear_contexts",

@@ -26,3 +26,32 @@ class KVCache:
 
     def commit(self, n_new: int) -> None:
         self.length += n_new
+
+
+class SharedPrefixKVCache:
+    """Many continuations of one prefix: the prefix's keys/values (batch 1) are shared by every row, never copied.
+
+    Each of the `n_rows` rows appends its own keys/values after the prefix. Attention over such a cache runs in
+    two parts (shared prefix, own suffix) joined in one softmax; see Attention._attend_shared_prefix.
+    """
+
+    def __init__(self, prefix: KVCache, n_rows: int, max_new: int):
+        if prefix.k.shape[1] != 1:
+            raise ValueError(f"a shared prefix has batch 1, got {prefix.k.shape[1]}")
+        self.prefix = prefix
+        self.prefix_len = prefix.length
+        n_layers, _, n_kv, _, d = prefix.k.shape
+        self.suffix = KVCache(n_layers, n_rows, n_kv, max_new, d, prefix.k.dtype, prefix.k.device)
+
+    @property
+    def length(self) -> int:
+        return self.prefix_len + self.suffix.length
+
+    def prefix_kv(self, layer: int) -> tuple[Tensor, Tensor]:
+        return (self.prefix.k[layer, :, :, :self.prefix_len], self.prefix.v[layer, :, :, :self.prefix_len])
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        return self.suffix.update(layer, k, v)
+
+    def commit(self, n_new: int) -> None:
+        self.suffix.commit(n_new)
