@@ -128,12 +128,20 @@ class _Reader:
 
 TOP_LEVEL_KEYS = {"name", "description", "adapter", "match", "hf", "weights", "decoder", "placeholders", "chat",
                   "stop_tokens"}
+SECTION_KEYS = {"match": {"model_types", "architectures"},
+                "hf": {"model_class", "config_class", "processor_class", "wrappers", "full_config_key", "encoders"},
+                "weights": {"strip_prefix", "skip_prefixes", "renames"},
+                "decoder": {"text_config", "modules", "layer", "rope", "act_fn"},
+                "decoder.rope": {"kind", "sections_from"}, "chat": {"turn_start", "turn_end"}}
 
 
 def parse_family_spec(data: Any, source: str = "<memory>") -> FamilySpec:
     r = _Reader(data, source)
     if unknown := sorted(set(data) - TOP_LEVEL_KEYS):
         raise ModelConfigError(f"{source}: unknown top-level keys {unknown}; allowed: {sorted(TOP_LEVEL_KEYS)}")
+    for section, allowed in SECTION_KEYS.items():  # a misspelt optional key would silently take its default
+        if unknown := sorted(set(r.get(section, dict, {})) - allowed):
+            raise ModelConfigError(f"{source}: unknown keys {unknown} in '{section}'; allowed: {sorted(allowed)}")
     rope_kind = r.get("decoder.rope.kind", str)
     if rope_kind not in ROPE_KINDS:
         raise ModelConfigError(f"{source}: 'decoder.rope.kind' is {rope_kind!r}; allowed: {list(ROPE_KINDS)}")

@@ -104,7 +104,7 @@ def load_hf_model(folder: Path, device: str | torch.device | None = None,
     model.load_state_dict(state, strict=False, assign=True)
     if tied:
         model.tie_weights()
-    model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+    model.to(device)  # parameters already hold `dtype`; buffers keep HF's dtypes (fp32 rotary inv_freq)
     return model.eval(), spec
 
 

@@ -115,7 +115,8 @@ def _text_config(sizes: TinySizes, tokenizer) -> dict[str, Any]:
                 num_key_value_heads=sizes.kv_heads, max_position_embeddings=32768, rms_norm_eps=1e-6,
                 rope_parameters={"rope_type": "default", "rope_theta": 1e6,
                                  "mrope_section": list(sizes.mrope_section)},
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                bos_token_id=tokenizer.pad_token_id)
 
 
 def _vision_config(sizes: TinySizes) -> dict[str, Any]:
