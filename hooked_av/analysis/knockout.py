@@ -1,0 +1,307 @@
+"""Attention knockout (paper Sec. 7, Eq. 7, Fig. 6): block target queries from attending to source keys.
+
+A knockout edits `blocks.{l}.attn.hook_attn_mask`, so knocked-out layers stay on fused attention. The sweep of
+the paper (every source modality x every centred window of layers) computes the prompt prefix once per sample:
+no position before the first target is affected by any knockout, so all configurations continue, batched, from
+one shared KV cache of that prefix (never copied per configuration).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hooked_av.model.errors import HookedAVError, InputError, check_layer
+from hooked_av.model.hooked_av_model import DecodeState, Prompt, Sampling
+from hooked_av.model.kv_cache import SharedPrefixKVCache
+from hooked_av.model.modality import Modality, ModalityMap
+
+log = logging.getLogger(__name__)
+
+PAPER_PROMPTS = ("Describe what you see and hear.", "Describe what you see.", "Describe what you hear.")
+
+
+@dataclass(frozen=True)
+class Knockout:
+    """T ↛ S at some layers (and optionally heads): queries at `targets` cannot attend to keys at `sources`.
+
+    sources / targets: modality names ("audio", "video", "image", "text", "generated", ...) or explicit
+    absolute positions. targets="generated" means the queries of generated tokens; with
+    `include_last_prompt_position=True` (default) it also covers the last prompt position, whose query predicts
+    the first generated token, so that every generated token is produced under the knockout. With False, the
+    first generated token is produced unblocked.
+    """
+
+    sources: tuple[str | int, ...]
+    layers: tuple[int, ...]
+    targets: tuple[str | int, ...] = ("generated",)
+    heads: tuple[int, ...] | None = None
+    include_last_prompt_position: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("sources", "targets", "layers"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, (str, int)) else tuple(value))
+        if self.heads is not None:
+            object.__setattr__(self, "heads", tuple(self.heads))
+        for item in self.sources + self.targets:
+            if isinstance(item, str):
+                Modality.parse(item)
+
+    def positions(self, which: tuple[str | int, ...], codes: Tensor, prompt_len: int, total_len: int) -> Tensor:
+        """[batch, total_len] bool over absolute positions (prompt followed by generated ones)."""
+        batch = codes.shape[0]
+        out = torch.zeros(batch, total_len, dtype=torch.bool, device=codes.device)
+        for item in which:
+            if isinstance(item, int):
+                out[:, item] = True
+            elif Modality.parse(item) == Modality.GENERATED:
+                out[:, prompt_len:] = True
+            else:
+                out[:, :prompt_len] |= codes == Modality.parse(item)
+        return out
+
+    def target_positions(self, codes: Tensor, prompt_len: int, total_len: int) -> Tensor:
+        out = self.positions(self.targets, codes, prompt_len, total_len)
+        if self.include_last_prompt_position and "generated" in self.targets:
+            out[:, prompt_len - 1] = True
+        return out
+
+
+def layer_windows(n_layers: int, window: int = 9) -> list[tuple[int, tuple[int, ...]]]:
+    """(centre, layers) for every centre layer: `window` consecutive layers centred on it, clipped at the ends."""
+    if window < 1:
+        raise ValueError("window must be >= 1")
+    before = (window - 1) // 2
+    after = window - 1 - before
+    return [(c, tuple(range(max(0, c - before), min(n_layers, c + after + 1)))) for c in range(n_layers)]
+
+
+def knockout_hooks(model, knockouts: Sequence[Knockout | None], prompt_map: ModalityMap,
+                   max_len: int) -> list[tuple[str, Any]]:
+    """Hooks on hook_attn_mask applying `knockouts[i]` to batch row i (None: no knockout for that row).
+
+    A single knockout may be given for a batch of any size. Layers no knockout touches get no hook.
+    """
+    codes = prompt_map.codes
+    if len(knockouts) == 1 and codes.shape[0] > 1:
+        knockouts = list(knockouts) * codes.shape[0]
+    if len(knockouts) != codes.shape[0]:
+        raise InputError(f"{len(knockouts)} knockouts for a batch of {codes.shape[0]} rows")
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    prompt_len = codes.shape[1]
+    rows = range(len(knockouts))
+    blocked_keys = torch.zeros(len(knockouts), max_len, dtype=torch.bool, device=codes.device)
+    target_queries = torch.zeros_like(blocked_keys)
+    for r, ko in zip(rows, knockouts):
+        if ko is not None:
+            blocked_keys[r] = ko.positions(ko.sources, codes[r:r + 1], prompt_len, max_len)[0]
+            target_queries[r] = ko.target_positions(codes[r:r + 1], prompt_len, max_len)[0]
+    hooks = []
+    for layer in range(n_layers):
+        heads = torch.zeros(len(knockouts), n_heads, dtype=torch.bool, device=codes.device)
+        for r, ko in zip(rows, knockouts):
+            if ko is not None and layer in {check_layer(l, n_layers) for l in ko.layers}:
+                heads[r, list(ko.heads) if ko.heads is not None else slice(None)] = True
+        if heads.any():
+            hooks.append((f"blocks.{layer}.attn.hook_attn_mask", _mask_hook(heads, blocked_keys, target_queries)))
+    return hooks
+
+
+def _mask_hook(heads: Tensor, blocked_keys: Tensor, target_queries: Tensor):
+    per_head = not bool((heads == heads[:, :1]).all())
+
+    def hook(mask: Tensor, hook) -> Tensor:  # additive, [batch, 1, q, k]
+        q_len, k_len = mask.shape[-2:]
+        queries = target_queries[:, k_len - q_len:k_len]  # query i sits at k_len - q_len + i
+        block = queries[:, None, :, None] & blocked_keys[:, None, None, :k_len]
+        block = block & (heads[:, :, None, None] if per_head else heads[:, :1, None, None])
+        if per_head:
+            mask = mask.expand(-1, heads.shape[1], -1, -1)
+        return mask.masked_fill(block, torch.finfo(mask.dtype).min)
+
+    return hook
+
+
+@torch.no_grad()
+def generate_with_knockout(model, batch: Any, knockout: Knockout | None, max_new_tokens: int = 32,
+                           **generate_kwargs: Any):
+    """Plain KV-cached generation under one knockout (the reference the shared-prefix sweep must equal)."""
+    prompt_map = model.modality_map(batch)
+    hooks = [] if knockout is None else knockout_hooks(model, [knockout], prompt_map,
+                                                       prompt_map.codes.shape[1] + max_new_tokens)
+    return model.generate(batch, max_new_tokens=max_new_tokens, fwd_hooks=hooks, **generate_kwargs)
+
+
+def first_target(knockouts: Sequence[Knockout | None], codes: Tensor, max_len: int) -> int:
+    prompt_len = codes.shape[1]
+    first = prompt_len
+    for ko in knockouts:
+        if ko is not None:
+            hits = ko.target_positions(codes, prompt_len, max_len).any(0).nonzero()
+            if len(hits):
+                first = min(first, int(hits[0]))
+    return first
+
+
+@torch.no_grad()
+def generate_knockouts(model, batch: Any, knockouts: Sequence[Knockout | None], max_new_tokens: int = 32,
+                       stop_token_ids: Sequence[int] | None = None) -> Tensor:
+    """Greedy tokens [n_knockouts, new] of one sample under each knockout, sharing the prompt prefix.
+
+    The prompt up to the first target position is run once; every configuration then continues from its KV
+    cache (shared, batch 1) as one row of a batch.
+    """
+    prompt = model.embed_prompt(batch)
+    if prompt.input_ids.shape[0] != 1:
+        raise InputError("generate_knockouts takes one sample (a batch of 1)")
+    prompt_len = prompt.input_ids.shape[1]
+    max_len = prompt_len + max_new_tokens
+    split = max(first_target(knockouts, prompt.modality_map.codes, max_len), 1)
+    n = len(knockouts)
+    prefix = Prompt(prompt.input_ids[:, :split], prompt.inputs_embeds[:, :split], prompt.positions[:, :, :split],
+                    prompt.attention_mask[:, :split], prompt.modality_map)
+    state = model.prefill(prefix, max_new_tokens=0)
+    cache = SharedPrefixKVCache(state.cache, n_rows=n, max_new=prompt_len - split + max_new_tokens)
+    hooks = knockout_hooks(model, list(knockouts), ModalityMap(prompt.modality_map.codes.expand(n, -1)), max_len)
+    with model.hooks(fwd_hooks=hooks):
+        logits = state.logits.expand(n, -1)
+        if split < prompt_len:
+            rest = prompt.inputs_embeds[:, split:].expand(n, -1, -1)
+            resid = model.run_blocks(rest, prompt.positions[:, :, split:].expand(-1, n, -1),
+                                     prompt.attention_mask.expand(n, -1), cache)
+            logits = model.unembed(resid[:, -1])
+        start = DecodeState(cache, prompt.attention_mask.expand(n, -1), prompt.positions[:, :, -1:].expand(-1, n, -1) + 1,
+                            logits)
+        return model.decode(start, max_new_tokens, Sampling(), model.stop_tensor(stop_token_ids))
+
+
+@dataclass
+class SweepRow:
+    sample_id: str
+    prompt: str
+    source: str  # "none" for the unblocked baseline
+    centre_layer: int | None
+    layers: list[int]
+    include_last_prompt_position: bool
+    text: str
+    tokens: list[int]
+
+    def key(self) -> tuple:
+        return (self.sample_id, self.prompt, self.source, self.centre_layer)
+
+
+def sweep_configurations(n_layers: int, sources: Sequence[str], window: int, include_last_prompt_position: bool,
+                         baseline: bool) -> list[tuple[str, int | None, Knockout | None]]:
+    configs: list[tuple[str, int | None, Knockout | None]] = [("none", None, None)] if baseline else []
+    for source in sources:
+        for centre, layers in layer_windows(n_layers, window):
+            configs.append((source, centre, Knockout(sources=(source,), layers=layers,
+                                                     include_last_prompt_position=include_last_prompt_position)))
+    return configs
+
+
+def read_done(path: Path) -> set[tuple]:
+    """Keys of the rows already in a sweep file; a torn last line (a killed run) is ignored."""
+    done: set[tuple] = set()
+    if not path.exists():
+        return done
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            done.add((row["sample_id"], row["prompt"], row["source"], row["centre_layer"]))
+    return done
+
+
+def append_rows(path: Path, rows: Iterable[SweepRow]) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(asdict(row), ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def repair_torn_tail(path: Path) -> None:
+    """Cut a partial last line left by a killed run, so appended rows start on a line of their own."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        path.write_bytes(data[:data.rfind(b"\n") + 1])
+
+
+def knockout_sweep(model, samples: Iterable[Mapping[str, Any]], out_path: str | Path, *,
+                   sources: Sequence[str] = ("audio", "video"), prompts: Sequence[str] = PAPER_PROMPTS,
+                   window: int = 9, max_new_tokens: int = 64, include_last_prompt_position: bool = True,
+                   baseline: bool = True, max_rows_per_pass: int = 64, **prepare_kwargs: Any) -> Path:
+    """The paper's sweep: per sample and prompt, every (source, centred window) knockout plus a baseline.
+
+    samples: mappings with "id" and media for `model.prepare_inputs` ("video", "audio", "image": arrays or
+    files; "use_audio_in_video" optional). One JSONL row per (sample, prompt, source, centre layer) is written
+    as soon as the sample's configurations are done; rerunning skips rows already in the file. A sample whose
+    media cannot be read is logged, recorded in `<out>.errors.jsonl`, and skipped.
+    """
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    repair_torn_tail(out_path)
+    done = read_done(out_path)
+    configs = sweep_configurations(model.cfg.n_layers, sources, window, include_last_prompt_position, baseline)
+    for sample in samples:
+        sample_id = str(sample["id"])
+        for prompt in prompts:
+            todo = [c for c in configs if (sample_id, prompt, c[0], c[1]) not in done]
+            if not todo:
+                continue
+            try:
+                batch = model.prepare_inputs(prompt, video=sample.get("video"), audio=sample.get("audio"),
+                                             image=sample.get("image"),
+                                             use_audio_in_video=sample.get("use_audio_in_video", False),
+                                             **prepare_kwargs)
+            except (HookedAVError, OSError) as err:
+                log.warning("skipping sample %s: %s", sample_id, err)
+                append_error(out_path, sample_id, prompt, err)
+                break
+            rows = []
+            for start in range(0, len(todo), max_rows_per_pass):
+                chunk = todo[start:start + max_rows_per_pass]
+                tokens = generate_knockouts(model, batch, [c[2] for c in chunk], max_new_tokens)
+                texts = model.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+                stops = set(model.adapter.stop_token_ids())
+                for (source, centre, ko), row_tokens, text in zip(chunk, tokens.tolist(), texts):
+                    rows.append(SweepRow(sample_id, prompt, source, centre, list(ko.layers) if ko else [],
+                                         include_last_prompt_position, text, trim_after_stop(row_tokens, stops)))
+            append_rows(out_path, rows)
+            done.update(r.key() for r in rows)
+    return out_path
+
+
+def trim_after_stop(tokens: list[int], stops: set[int]) -> list[int]:
+    for i, t in enumerate(tokens):
+        if t in stops:
+            return tokens[:i + 1]
+    return tokens
+
+
+def append_error(out_path: Path, sample_id: str, prompt: str, err: Exception) -> None:
+    errors = out_path.with_name(out_path.name + ".errors.jsonl")
+    with errors.open("a", encoding="utf-8") as f:
+        f.write(json.dumps({"sample_id": sample_id, "prompt": prompt, "error": type(err).__name__,
+                            "message": str(err)}, ensure_ascii=False) + "\n")
+
+
+def load_sweep(path: str | Path):
+    """The sweep file as a pandas DataFrame."""
+    import pandas as pd
+
+    return pd.read_json(path, lines=True)

@@ -1,0 +1,72 @@
+"""Attention by modality (paper Sec. 5): known answers on tiny models."""
+
+from __future__ import annotations
+
+import torch
+
+from hooked_av import HookedAVModel
+from hooked_av.analysis.attention import aggregate_attention, attention_by_modality, group_index
+from hooked_av.testing.tiny import tiny_omni_thinker
+
+
+def test_shares_sum_to_one_and_match_a_hand_computation(omni, omni_batches):
+    _, _, model = omni
+    batch = omni_batches["audio+video"]
+    result = attention_by_modality(model, batch, max_new_tokens=6, stop_token_ids=[])
+    assert torch.allclose(result.per_head.sum(-1), torch.ones(model.cfg.n_layers, model.cfg.n_heads), atol=1e-5)
+    assert result.n_queries == 5  # 6 generated tokens, the last one is never fed back
+    # By hand: full forward over prompt + generated tokens, the pattern rows of the generated queries.
+    out = model.generate(batch, max_new_tokens=6, stop_token_ids=[])
+    full = {**batch, "input_ids": out.sequences, "attention_mask": torch.ones_like(out.sequences)}
+    _, cache = model.run_with_cache(full, names_filter=lambda n: n.endswith("hook_pattern"))
+    n = batch["input_ids"].shape[1]
+    groups = group_index(out.modality_map.codes, {"video": ("video",), "audio": ("audio",), "image": ("image",),
+                                                   "text": ("text",)})[0]
+    for layer in range(model.cfg.n_layers):
+        rows = cache[f"blocks.{layer}.attn.hook_pattern"][0, :, n:n + 5]  # [head, query, key]
+        expected = torch.stack([rows[..., groups == g].sum(-1) for g in range(5)], dim=-1).mean(1)
+        assert torch.allclose(result.per_head[layer], expected, atol=1e-5)
+
+
+def test_uniform_attention_gives_position_count_fractions(omni_batches):
+    hf_model, processor = tiny_omni_thinker(seed=3)
+    for layer in hf_model.model.language_model.layers:  # q = k = 0: every visible key gets the same weight
+        for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj):
+            torch.nn.init.zeros_(proj.weight)
+            torch.nn.init.zeros_(proj.bias)
+    model = HookedAVModel.from_hf_model(hf_model, processor)
+    batch = omni_batches["audio+video"]
+    result = attention_by_modality(model, batch, max_new_tokens=4, stop_token_ids=[])
+    codes = model.modality_map(batch).codes[0]
+    n = codes.numel()
+    counts = {name: int((codes == code).sum()) for name, code in (("video", 5), ("audio", 6), ("text", 1))}
+    for name, count in counts.items():
+        expected = sum(count / (n + step + 1) for step in range(3))  / 3  # queries at n, n+1, n+2
+        assert torch.allclose(result.share(name), torch.full((model.cfg.n_layers,), expected), atol=1e-5), name
+
+
+def test_padded_batch_and_stops_count_only_real_queries(omni, omni_batches):
+    _, _, model = omni
+    batch = omni_batches["padded_batch"]
+    result = attention_by_modality(model, batch, max_new_tokens=8)
+    out = model.generate(batch, max_new_tokens=8)
+    stops = set(model.adapter.stop_token_ids())
+    expected = 0
+    for row in out.new_tokens.tolist():
+        for t in row[:-1]:  # the last generated token is never fed back
+            if t in stops:
+                break
+            expected += 1
+    assert result.n_queries == expected
+    assert result.group_sizes[1]["video"] == 288 and result.group_sizes[0]["video"] == 576
+
+
+def test_aggregate_gives_mean_and_a_band_around_it(omni, omni_batches):
+    _, _, model = omni
+    results = [attention_by_modality(model, omni_batches[c], max_new_tokens=4, stop_token_ids=[])
+               for c in ("audio+video", "use_audio_in_video", "video")]
+    agg = aggregate_attention(results)
+    shares = torch.stack([r.shares for r in results]).numpy()
+    assert agg.n_samples == 3
+    assert (abs(agg.mean - shares.mean(0)) < 1e-6).all()
+    assert (agg.ci_low <= agg.mean + 1e-9).all() and (agg.mean <= agg.ci_high + 1e-9).all()

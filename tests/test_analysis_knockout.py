@@ -1,0 +1,130 @@
+"""Attention knockout (paper Sec. 7): known answers, an independent reference, the shared-prefix sweep."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hooked_av import HookedAVModel
+from hooked_av.analysis.knockout import (Knockout, generate_knockouts, generate_with_knockout, knockout_hooks,
+                                         knockout_sweep, layer_windows, sweep_configurations)
+from hooked_av.testing.tiny import tiny_omni_thinker
+
+NOT_AUDIO = ("video", "image", "text", "template", "special", "generated")
+
+
+def test_layer_windows_are_centred_and_clipped():
+    windows = dict(layer_windows(28, 9))
+    assert windows[0] == (0, 1, 2, 3, 4)
+    assert windows[10] == tuple(range(6, 15))
+    assert windows[27] == (23, 24, 25, 26, 27)
+    assert len(layer_windows(28)) == 28
+
+
+def test_blocking_audio_everywhere_makes_the_output_independent_of_the_audio(omni, media):
+    _, _, model = omni
+    batches = [model.prepare_inputs("Describe what you hear.", video=media["video"], audio=a)
+               for a in (media["audio"], media["audio"][::-1].copy() * 3)]
+    n_layers = model.cfg.n_layers
+    ko = Knockout(sources="audio", targets=NOT_AUDIO, layers=tuple(range(n_layers)))
+    hooks = [knockout_hooks(model, [ko], model.modality_map(b), b["input_ids"].shape[1] + 8) for b in batches]
+    not_audio = ~model.modality_map(batches[0]).mask("audio")
+    clean = [model(b) for b in batches]
+    knocked = [model.run_with_hooks(b, fwd_hooks=h) for b, h in zip(batches, hooks)]
+    assert (clean[0][:, -1] - clean[1][:, -1]).abs().max() > 1e-4  # the audio matters...
+    assert torch.allclose(knocked[0][not_audio], knocked[1][not_audio], atol=1e-6)  # ...unless knocked out
+    tokens = [model.generate(b, max_new_tokens=8, stop_token_ids=[], fwd_hooks=h).new_tokens
+              for b, h in zip(batches, hooks)]
+    assert torch.equal(tokens[0], tokens[1])
+
+
+def hf_knockout(hf_model, batch, layers, targets, sources):
+    """Independent reference: HF's eager attention with its 4-D mask edited by forward pre-hooks."""
+    def edit(module, args, kwargs):
+        mask = kwargs["attention_mask"].clone()
+        mask[:, :, targets[:, None], sources[None, :]] = torch.finfo(mask.dtype).min
+        kwargs["attention_mask"] = mask
+        return args, kwargs
+
+    handles = [hf_model.model.language_model.layers[l].self_attn.register_forward_pre_hook(edit, with_kwargs=True)
+               for l in layers]
+    hf_model.set_attn_implementation("eager")
+    try:
+        return hf_model(**batch).logits
+    finally:
+        hf_model.set_attn_implementation("sdpa")
+        for h in handles:
+            h.remove()
+
+
+@pytest.mark.parametrize("source, layers", [("audio", (0,)), ("video", (1,)), ("video", (0, 1))])
+def test_mask_hook_equals_hf_with_an_edited_eager_mask(omni, omni_batches, source, layers):
+    hf_model, _, model = omni
+    batch = omni_batches["audio+video"]
+    mm = model.modality_map(batch)
+    n = batch["input_ids"].shape[1]
+    targets = torch.arange(n - 12, n)  # the query text at the end of the prompt and the template after it
+    ko = Knockout(sources=source, targets=tuple(targets.tolist()), layers=layers)
+    ours = model.run_with_hooks(batch, fwd_hooks=knockout_hooks(model, [ko], mm, n))
+    assert [b.attn.last_path for b in model.blocks] == ["sdpa", "sdpa"]
+    ref = hf_knockout(hf_model, batch, layers, targets, mm.positions(source))
+    assert (ours - ref).abs().max() < 1e-4
+    assert (ours[:, -1] - model(batch)[:, -1]).abs().max() > 1e-4
+
+
+def test_head_specific_knockout_touches_only_those_heads(omni, omni_batches):
+    _, _, model = omni
+    batch = omni_batches["audio+video"]
+    mm = model.modality_map(batch)
+    n = batch["input_ids"].shape[1]
+    ko = Knockout(sources="audio", targets=(n - 1,), layers=(0,), heads=(2,))
+    seen = {}
+    hooks = knockout_hooks(model, [ko], mm, n) + [
+        ("blocks.0.attn.hook_pattern", lambda p, hook: seen.setdefault("p", p.clone()))]
+    model.run_with_hooks(batch, fwd_hooks=hooks)
+    audio = mm.mask("audio")[0]
+    last_row = seen["p"][0, :, -1]
+    assert last_row[2, audio].sum() < 1e-6
+    assert (last_row[[0, 1, 3]][:, audio].sum(-1) > 1e-3).all()
+
+
+@pytest.mark.parametrize("include_last", [True, False])
+def test_shared_prefix_sweep_equals_each_configuration_from_scratch(omni, omni_batches, include_last):
+    _, _, model = omni
+    batch = omni_batches["use_audio_in_video"]
+    configs = [c[2] for c in sweep_configurations(model.cfg.n_layers, ("audio", "video"), 1, include_last, True)]
+    configs += [Knockout(sources=("audio", "video"), layers=(0, 1), heads=(0, 3), include_last_prompt_position=include_last)]
+    shared = generate_knockouts(model, batch, configs, max_new_tokens=10, stop_token_ids=[])
+    assert [b.attn.last_path for b in model.blocks] == ["shared_prefix", "shared_prefix"]
+    for ko, row in zip(configs, shared):
+        ref = generate_with_knockout(model, batch, ko, max_new_tokens=10, stop_token_ids=[])
+        assert row.tolist() == ref.new_tokens[0].tolist()
+    assert len({tuple(r.tolist()) for r in shared}) > 1  # the knockouts do change the output
+
+
+def test_sweep_writes_one_row_per_configuration_and_resumes(omni, media, tmp_path):
+    _, _, model = omni
+    samples = [{"id": "s1", "video": media["video"], "audio": media["audio"]},
+               {"id": "broken", "video": str(tmp_path / "missing.mp4")},
+               {"id": "s2", "video": media["video2"], "audio": media["audio2"]}]
+    prompts = ("Describe what you see.", "Describe what you hear.")
+    out = tmp_path / "sweep.jsonl"
+    knockout_sweep(model, samples[:1], out, prompts=prompts, window=1, max_new_tokens=4)
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    per_prompt = 1 + 2 * model.cfg.n_layers
+    assert len(rows) == 2 * per_prompt
+    # a run killed mid-write leaves a torn line; the rerun repairs it, skips what is done, adds the rest
+    out.write_text(out.read_text() + '{"sample_id": "s2", "prom')
+    knockout_sweep(model, samples, out, prompts=prompts, window=1, max_new_tokens=4)
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    keys = [(r["sample_id"], r["prompt"], r["source"], r["centre_layer"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 4 * per_prompt
+    errors = [json.loads(l) for l in (tmp_path / "sweep.jsonl.errors.jsonl").read_text().splitlines()]
+    assert errors[0]["sample_id"] == "broken" and errors[0]["error"] == "MissingMediaError"
+    baseline = next(r for r in rows if r["sample_id"] == "s1" and r["source"] == "none" and
+                    r["prompt"] == prompts[0])
+    ref = model.generate(model.prepare_inputs(prompts[0], video=media["video"], audio=media["audio"]),
+                         max_new_tokens=4)
+    assert baseline["tokens"] == [t for t in ref.new_tokens[0].tolist() if t != model.adapter.pad_token_id()]
