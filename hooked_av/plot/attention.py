@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from hooked_av.analysis.attention import AggregatedAttention, ModalityAttention
+from matplotlib.ticker import MaxNLocator
+
 from hooked_av.plot._style import MODALITY_COLORS, plt, save
 
 
@@ -24,6 +26,7 @@ def plot_attention_by_modality(result: ModalityAttention | AggregatedAttention, 
         if low is not None:
             ax.fill_between(result.layers, 100 * low[:, i], 100 * high[:, i], alpha=0.2, color=color)
     ax.set_xlabel("layer")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("attention from generated tokens (%)")
     ax.set_ylim(0, 100)
     ax.legend(frameon=False)

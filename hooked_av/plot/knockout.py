@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from matplotlib.ticker import MaxNLocator
+
 from hooked_av.plot._style import MODALITY_COLORS, plt, save
 
 PANELS = (("factual", "video"), ("factual", "audio"), ("counterfactual", "video"), ("counterfactual", "audio"))
@@ -27,6 +29,7 @@ def plot_knockout_curves(scores, path: str | Path, title: str | None = None) -> 
                     label=SOURCE_LABELS.get(source, f"G↛{source}"))
         ax.set_title(f"{letter}: {setting}, {task} understanding", fontsize=9)
         ax.set_xlabel("centre layer of the window")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].set_ylabel("fidelity (%)")
     axes[-1].legend(frameon=False, fontsize=8)
     if title:

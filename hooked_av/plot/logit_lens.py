@@ -16,7 +16,7 @@ def plot_logit_lens(result: LogitLensResult, path: str | Path, max_positions: in
     probs = result.top_probs[:, :n_pos, 0].numpy()
     labels = result.top1()
     fig, ax = plt.subplots(figsize=(0.9 * n_pos + 1.5, 0.35 * len(result.layers) + 1.2))
-    ax.imshow(probs, aspect="auto", cmap="Blues", vmin=0, vmax=max(float(probs.max()), 1e-6), origin="lower")
+    ax.imshow(probs, aspect="auto", cmap="Blues", vmin=0, vmax=1.25, origin="lower")  # text stays legible
     for li in range(len(result.layers)):
         for pi in range(n_pos):
             text = labels[li][pi].strip() or repr(labels[li][pi])

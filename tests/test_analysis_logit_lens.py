@@ -1,0 +1,61 @@
+"""Logit lens (paper Sec. 6): the last layer is the model's own output; words are readable and filtered."""
+
+from __future__ import annotations
+
+import torch
+
+from hooked_av.analysis.logit_lens import LogitLensResult, decode_tokens, is_junk_token, logit_lens
+
+
+def test_last_layer_equals_the_models_own_logits(omni, omni_batches):
+    _, _, model = omni
+    batch = omni_batches["audio+video"]
+    result = logit_lens(model, batch, top_k=4)
+    audio = model.modality_map(batch).positions("audio")
+    assert torch.equal(result.positions, audio.cpu())
+    assert result.top_ids.shape == (model.cfg.n_layers, audio.numel(), 4)
+    probs = model(batch)[0, audio].softmax(-1)
+    top = probs.topk(4, dim=-1)
+    assert torch.equal(result.top_ids[-1], top.indices.cpu())
+    assert torch.allclose(result.top_probs[-1], top.values.cpu(), atol=1e-5)
+    # earlier layers decode the residual after that block through the same final norm and unembedding
+    _, cache = model.run_with_cache(batch, names_filter="blocks.0.hook_resid_post")
+    layer0 = model.unembed(model.ln_final(cache["blocks.0.hook_resid_post"]))[0, audio].softmax(-1)
+    assert torch.equal(result.top_ids[0, :, 0], layer0.argmax(-1).cpu())
+
+
+def test_from_a_cache_and_for_every_row_of_a_batch(omni, omni_batches):
+    _, _, model = omni
+    batch = omni_batches["padded_batch"]
+    _, cache = model.run_with_cache(batch, names_filter=lambda n: n.endswith("hook_resid_post"))
+    rows = logit_lens(model, cache=cache, positions="video", batch_index=None, top_k=2)
+    assert len(rows) == 2 and rows[1].batch_index == 1
+    assert len(rows[0].positions) == 576 and len(rows[1].positions) == 288
+    assert torch.equal(rows[0].top_ids, logit_lens(model, batch, positions="video", top_k=2).top_ids)
+    explicit = logit_lens(model, cache=cache, positions=[5, 7], layers=[-1], top_k=1)
+    assert explicit.layers == [model.cfg.n_layers - 1] and explicit.top_ids.shape == (1, 2, 1)
+
+
+def test_tokens_decode_to_readable_text(omni):
+    _, processor, _ = omni
+    tok = processor.tokenizer
+    ids = torch.tensor([tok.encode(" dog"), tok.encode(" cat")])
+    assert decode_tokens(tok, ids) == [[" ", "d", "o", "g"], [" ", "c", "a", "t"]]
+    bytes_of_cjk = torch.tensor(tok.encode("键"))  # three byte tokens: each alone is a fragment
+    assert all(is_junk_token(t) for t in decode_tokens(tok, bytes_of_cjk))
+    assert tok.decode(bytes_of_cjk.tolist()) == "键"
+
+
+def test_junk_filter_and_word_set():
+    assert not is_junk_token("键盘") and not is_junk_token(" typing") and not is_junk_token("马")
+    for junk in ("", "  ", "\n", "!!", "，", "\ufffd", "a\ufffd", "<|im_end|>", "...", "\x00"):
+        assert is_junk_token(junk), repr(junk)
+    tokens = [[["键盘", "x"], [" typing", "y"]], [["!!", "z"], ["\ufffd", "w"]], [[" drill", "q"], ["键盘", "r"]]]
+    result = LogitLensResult(layers=[0, 1, 2], positions=torch.tensor([3, 4]), top_ids=torch.zeros(3, 2, 2).long(),
+                             top_probs=torch.zeros(3, 2, 2), tokens=tokens)
+    assert result.words(last_layers=3) == ["键盘", "typing", "drill"]
+    assert result.words(last_layers=1) == ["drill", "键盘"]
+    assert result.words(last_layers=1, top_k=2) == ["drill", "q", "键盘", "r"]
+    assert result.top1() == [["键盘", " typing"], ["!!", "\ufffd"], [" drill", "键盘"]]
+    frame = result.to_frame()
+    assert len(frame) == 12 and set(frame.columns) >= {"layer", "position", "rank", "token", "prob"}

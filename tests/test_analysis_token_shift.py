@@ -1,0 +1,72 @@
+"""Token-distribution shift against the base model (paper Sec. 8): known answers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hooked_av import InputError
+from hooked_av.analysis.token_shift import aggregate_shift, lexicon_selector, token_shift
+
+
+def test_a_model_against_itself_has_zero_kl_and_rank_one(omni, media):
+    _, _, model = omni
+    result = token_shift(model, model, video=media["video"], audio=media["audio"], base_gets_audio=True,
+                         max_new_tokens=8)
+    assert result.response_ids.numel() > 0
+    assert result.kl_av_base.abs().max() < 1e-5 and result.kl_base_av.abs().max() < 1e-5
+    assert (result.base_rank == 1).all() and set(result.buckets) == {"unshifted"}
+
+
+def test_base_ranks_kl_and_buckets_against_the_base_vlm(omni, vl, media):
+    _, processor, model = omni
+    _, _, base = vl
+    # The base model's own greedy response has base rank 1 at every token, by definition of greedy.
+    base_batch = base.prepare_inputs("Describe what you hear.", video=media["video"])
+    base_response = base.generate(base_batch, max_new_tokens=6, stop_token_ids=[]).new_tokens[0].tolist()
+    base_response = [t for t in base_response if t < 256]  # byte tokens: the same in both vocabularies
+    result = token_shift(model, base, video=media["video"], audio=media["audio"], response=base_response)
+    assert (result.base_rank == 1).all()
+    # A fixed response: KL by hand for one token, ranks and buckets consistent.
+    response = processor.tokenizer.encode("a dog is barking")
+    result = token_shift(model, base, video=media["video"], audio=media["audio"], response=response)
+    av_batch = model.prepare_inputs("Describe what you hear.", video=media["video"], audio=media["audio"])
+    forced = {**av_batch, "input_ids": torch.cat([av_batch["input_ids"], torch.tensor([response])], 1)}
+    forced["attention_mask"] = torch.ones_like(forced["input_ids"])
+    n = av_batch["input_ids"].shape[1]
+    p_av = model(forced)[0, n - 1].softmax(-1)[:264]
+    base_forced = {**base_batch, "input_ids": torch.cat([base_batch["input_ids"], torch.tensor([response])], 1)}
+    base_forced["attention_mask"] = torch.ones_like(base_forced["input_ids"])
+    base_forced["mm_token_type_ids"] = torch.cat([base_batch["mm_token_type_ids"],
+                                                  torch.zeros(1, len(response), dtype=torch.int32)], 1)
+    p_base = base(base_forced)[0, base_batch["input_ids"].shape[1] - 1].softmax(-1)
+    p_av = p_av / p_av.sum()
+    assert torch.allclose(result.kl_av_base[0], (p_av * (p_av / p_base).log()).sum(), atol=1e-5)
+    assert torch.allclose(result.kl_base_av[0], (p_base * (p_base / p_av).log()).sum(), atol=1e-5)
+    assert int(result.base_rank[0]) == int((p_base > p_base[response[0]]).sum()) + 1
+    for rank, name in zip(result.base_rank.tolist(), result.buckets):
+        assert name == ("unshifted" if rank == 1 else "marginal" if rank <= 3 else "shifted")
+    summary = result.summary()
+    assert summary["n_tokens"] == len(response)
+    assert summary["unshifted"] + summary["marginal"] + summary["shifted"] == pytest.approx(1.0)
+    assert aggregate_shift([result, result]) == pytest.approx({**summary, "n_tokens": 2 * len(response)})
+    # the selector keeps the sound-event word "barking" and the source "dog"
+    picked = "".join(s for s, keep in zip(result.token_strings, result.selected.tolist()) if keep)
+    assert picked == "dogbarking"
+    assert result.summary(selected_only=True)["n_tokens"] == len("dogbarking")
+
+
+def test_disagreeing_tokenizers_are_reported(omni, vl, media):
+    _, processor, model = omni
+    _, _, base = vl
+    im_start = processor.tokenizer.convert_tokens_to_ids("<|im_start|>")
+    with pytest.raises(InputError, match="disagree on 1 of 3 response tokens"):
+        token_shift(model, base, video=media["video"], audio=media["audio"],
+                    response=processor.tokenizer.encode("ab") + [im_start + 2])
+
+
+def test_lexicon_selector_marks_whole_words():
+    select = lexicon_selector(frozenset({"siren", "dog"}))
+    assert select(["A", " sir", "en", " and", " a", " dog", "gy"]) == [False, True, True, False, False, False,
+                                                                       False]
+    assert select(["dog", "!"]) == [True, False]
