@@ -430,3 +430,11 @@ def test_spec_that_is_not_a_yaml_mapping(tmp_path, text):
     with pytest.raises(ModelConfigError) as err:
         load_family_spec(path)
     assert str(path) in str(err.value)
+
+
+def test_a_malformed_shard_index_is_a_typed_error(tmp_path):
+    from hooked_av.model.loading import safetensors_files
+
+    (tmp_path / "model.safetensors.index.json").write_text('{"metadata": {}}')
+    with pytest.raises(UnsupportedCheckpointError, match="weight_map"):
+        safetensors_files(tmp_path)

@@ -31,8 +31,11 @@ def read_config(folder: Path) -> dict[str, Any]:
 def safetensors_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        return [folder / s for s in shards]
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise UnsupportedCheckpointError(f"{index} is not a safetensors index with a 'weight_map' ({err!r})") from err
+        return [folder / s for s in sorted(set(weight_map.values()))]
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         others = [p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
@@ -96,11 +99,11 @@ def load_hf_model(folder: Path, device: str | torch.device | None = None,
         raise UnsupportedCheckpointError(
             f"the weights in {folder} do not fit its config ({spec.name}): "
             f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+    expected_shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     for name, tensor in state.items():
-        expected_shape = model.get_parameter(name).shape if name in dict(model.named_parameters()) else None
-        if expected_shape is not None and tuple(expected_shape) != tuple(tensor.shape):
+        if expected_shapes[name] != tuple(tensor.shape):
             raise UnsupportedCheckpointError(f"{folder}: tensor {name} has shape {tuple(tensor.shape)}, the config "
-                                             f"says {tuple(expected_shape)}")
+                                             f"says {expected_shapes[name]}")
     model.load_state_dict(state, strict=False, assign=True)
     if tied:
         model.tie_weights()
