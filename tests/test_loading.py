@@ -438,3 +438,25 @@ def test_a_malformed_shard_index_is_a_typed_error(tmp_path):
     (tmp_path / "model.safetensors.index.json").write_text('{"metadata": {}}')
     with pytest.raises(UnsupportedCheckpointError, match="weight_map"):
         safetensors_files(tmp_path)
+
+
+def test_spec_with_an_unknown_activation_is_rejected(tmp_path):
+    import yaml
+
+    from hooked_av.model.family_spec import builtin_family_specs, load_family_spec
+
+    source = yaml.safe_load(open(builtin_family_specs()[0].source).read())
+    source["decoder"]["act_fn"] = "relu2"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(source))
+    with pytest.raises(ModelConfigError, match="act_fn"):
+        load_family_spec(path)
+
+
+def test_mrope_sections_that_do_not_fit_the_head_are_a_typed_error():
+    from hooked_av.testing.tiny import tiny_omni_thinker
+
+    hf_model, _ = tiny_omni_thinker()
+    hf_model.config.text_config.rope_parameters["mrope_section"] = [4, 6, 7]
+    with pytest.raises(UnsupportedCheckpointError, match="rotary"):
+        HookedAVModel.from_hf_model(hf_model)

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from hooked_av.model.components import Attention, GatedMLP, RMSNorm, TransformerBlock
 from hooked_av.model.config import HookedAVConfig, rope_axis_of_channel
-from hooked_av.model.errors import InputError, MissingProcessorError
+from hooked_av.model.errors import InputError, MissingProcessorError, UnsupportedCheckpointError
 from hooked_av.model.family_spec import FamilySpec
 from hooked_av.model.modality import Modality, TokenRoles, roles_from_tokenizer
 
@@ -43,11 +43,16 @@ class FamilyAdapter:
         d_head = getattr(tc, "head_dim", None) or tc.hidden_size // n_heads
         sections = dotted_get(tc, self.spec.rope.sections_from) if self.spec.rope.sections_from else None
         rope = tc.rope_parameters
+        try:
+            axes = rope_axis_of_channel(self.spec.rope.kind, d_head, sections)
+        except ValueError as err:
+            raise UnsupportedCheckpointError(f"{self.spec.name}: the HF config's rotary layout does not fit: {err}") \
+                from err
         return HookedAVConfig(
             n_layers=tc.num_hidden_layers, d_model=tc.hidden_size, n_heads=n_heads,
             n_key_value_heads=tc.num_key_value_heads, d_head=d_head, d_mlp=tc.intermediate_size,
             d_vocab=tc.vocab_size, eps=tc.rms_norm_eps, rope_theta=rope["rope_theta"],
-            rope_axis_of_channel=rope_axis_of_channel(self.spec.rope.kind, d_head, sections),
+            rope_axis_of_channel=axes,
             act_fn=self.spec.act_fn, family=self.spec.name, dtype=self.hf_model.dtype)
 
     def module(self, path: str) -> nn.Module:

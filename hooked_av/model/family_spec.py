@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from hooked_av.model.components import ACTIVATIONS
 from hooked_av.model.errors import ModelConfigError, UnsupportedCheckpointError
 
 MODALITY_NAMES = ("audio", "image", "video")
@@ -168,6 +169,8 @@ def parse_family_spec(data: Any, source: str = "<memory>") -> FamilySpec:
         placeholders=r.str_map("placeholders", allowed=MODALITY_NAMES),
         turn_start=r.get("chat.turn_start", str, None), turn_end=r.get("chat.turn_end", str, None),
         stop_tokens=r.str_list("stop_tokens", []), source=source)
+    if spec.act_fn not in ACTIVATIONS:
+        raise ModelConfigError(f"{source}: 'decoder.act_fn' is {spec.act_fn!r}; allowed: {sorted(ACTIVATIONS)}")
     if not spec.model_types:
         raise ModelConfigError(f"{source}: 'match.model_types' must name at least one HF model_type")
     return spec
