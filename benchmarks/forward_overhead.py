@@ -66,14 +66,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def mrope_section(head_dim: int) -> tuple[int, int, int]:
-    """A Qwen-like split of head_dim/2 rotary channels into time / height / width (16/24/24 for 128)."""
-    half = head_dim // 2
-    t = half // 4
-    h = (half - t) // 2
-    return t, h, half - t - h
-
-
 def synchronize(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -189,8 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     head_dim = args.hidden // args.heads
-    sizes = TinySizes(hidden=args.hidden, intermediate=args.intermediate or 3 * args.hidden, layers=args.layers,
-                      heads=args.heads, kv_heads=args.kv_heads, mrope_section=mrope_section(head_dim))
+    sizes = TinySizes.scaled(args.hidden, args.layers, args.heads, args.kv_heads, args.intermediate)
     hf_model, processor = tiny_omni_thinker(sizes=sizes, seed=args.seed, dtype=dtype, attn_implementation="sdpa")
     hf_model = hf_model.to(args.device)
     model = HookedAVModel.from_hf_model(hf_model, processor)

@@ -59,8 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default=None, help="e.g. bfloat16")
     p.set_defaults(func=demo)
     from hooked_av.data.cli import add_subcommands as add_data_commands
+    from hooked_av.eval.cli import add_subcommands as add_eval_commands
 
     add_data_commands(sub)
+    add_eval_commands(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

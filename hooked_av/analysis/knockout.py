@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hooked_av.data.jsonl import append_rows, read_done, repair_torn_tail
+from hooked_av.data.jsonl import append_rows, read_done
 from hooked_av.model.errors import HookedAVError, InputError, check_layer
 from hooked_av.model.hooked_av_model import DecodeState, Prompt, Sampling
 from hooked_av.model.kv_cache import SharedPrefixKVCache
@@ -221,7 +221,6 @@ def knockout_sweep(model, samples: Iterable[Mapping[str, Any]], out_path: str | 
     """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    repair_torn_tail(out_path)
     done = read_done(out_path, key=lambda r: (r["sample_id"], r["prompt"], r["source"], r["centre_layer"]))
     configs = sweep_configurations(model.cfg.n_layers, sources, window, include_last_prompt_position, baseline)
     for sample in samples:

