@@ -7,10 +7,8 @@ import json
 import pytest
 import torch
 
-from hooked_av import HookedAVModel
 from hooked_av.analysis.knockout import (Knockout, generate_knockouts, generate_with_knockout, knockout_hooks,
                                          knockout_sweep, layer_windows, sweep_configurations)
-from hooked_av.testing.tiny import tiny_omni_thinker
 
 NOT_AUDIO = ("video", "image", "text", "template", "special", "generated")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from hooked_av.model.components import Attention, GatedMLP, RMSNorm, TransformerBlock
@@ -126,6 +127,18 @@ class FamilyAdapter:
 
     def prepare_inputs(self, prompt: str, **media: Any) -> Batch:
         raise NotImplementedError
+
+
+def vision_features(model: nn.Module, batch: Batch) -> dict[Modality, Tensor]:
+    """Image and video features of the Qwen-VL vision tower (Qwen2.5-VL and the Qwen2.5-Omni thinker alike)."""
+    out: dict[Modality, Tensor] = {}
+    for modality, pixels, grid, encode in ((Modality.IMAGE, "pixel_values", "image_grid_thw", model.get_image_features),
+                                           (Modality.VIDEO, "pixel_values_videos", "video_grid_thw",
+                                            model.get_video_features)):
+        if batch.get(pixels) is not None:
+            thw = require(batch, grid, f"gives each {modality.name.lower()}'s patch grid")
+            out[modality] = torch.cat(encode(batch[pixels], thw, return_dict=True).pooler_output)
+    return out
 
 
 def text_positions(attention_mask: Tensor) -> Tensor:

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hooked_av.families.base import Batch, FamilyAdapter, require
+from hooked_av.families.base import Batch, FamilyAdapter, require, vision_features
 from hooked_av.families.chat import build_samples
 from hooked_av.model.errors import InputError
 from hooked_av.model.modality import Modality
@@ -16,19 +16,11 @@ from hooked_av.model.modality import Modality
 class Qwen25OmniAdapter(FamilyAdapter):
     def encode(self, batch: Batch) -> dict[Modality, Tensor]:
         thinker = self.hf_model.model
-        out: dict[Modality, Tensor] = {}
+        out = vision_features(thinker, batch)
         if batch.get("input_features") is not None:
             fam = require(batch, "feature_attention_mask", "marks the valid mel frames of each audio")
             out[Modality.AUDIO] = thinker.get_audio_features(batch["input_features"], fam,
                                                              return_dict=True).last_hidden_state
-        if batch.get("pixel_values") is not None:
-            thw = require(batch, "image_grid_thw", "gives each image's patch grid")
-            out[Modality.IMAGE] = torch.cat(thinker.get_image_features(batch["pixel_values"], thw,
-                                                                       return_dict=True).pooler_output)
-        if batch.get("pixel_values_videos") is not None:
-            thw = require(batch, "video_grid_thw", "gives each video's patch grid")
-            out[Modality.VIDEO] = torch.cat(thinker.get_video_features(batch["pixel_values_videos"], thw,
-                                                                       return_dict=True).pooler_output)
         return out
 
     def _check_interleaving(self, input_ids: Tensor, use_audio_in_video: bool) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hooked_av.families.base import Batch, FamilyAdapter, require, text_positions
+from hooked_av.families.base import Batch, FamilyAdapter, text_positions, vision_features
 from hooked_av.families.chat import build_samples
 from hooked_av.model.errors import InputError
 from hooked_av.model.modality import Modality
@@ -15,17 +15,7 @@ from hooked_av.model.modality import Modality
 
 class Qwen25VLAdapter(FamilyAdapter):
     def encode(self, batch: Batch) -> dict[Modality, Tensor]:
-        model = self.hf_model.model
-        out: dict[Modality, Tensor] = {}
-        if batch.get("pixel_values") is not None:
-            thw = require(batch, "image_grid_thw", "gives each image's patch grid")
-            out[Modality.IMAGE] = torch.cat(model.get_image_features(batch["pixel_values"], thw,
-                                                                     return_dict=True).pooler_output)
-        if batch.get("pixel_values_videos") is not None:
-            thw = require(batch, "video_grid_thw", "gives each video's patch grid")
-            out[Modality.VIDEO] = torch.cat(model.get_video_features(batch["pixel_values_videos"], thw,
-                                                                     return_dict=True).pooler_output)
-        return out
+        return vision_features(self.hf_model.model, batch)
 
     def mm_token_type_ids(self, input_ids: Tensor) -> Tensor:
         """0 text, 1 image, 2 video: what get_rope_index reads (HF silently uses 1-D positions without it)."""
