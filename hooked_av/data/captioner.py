@@ -6,20 +6,17 @@ from __future__ import annotations
 import base64
 import csv
 import hashlib
-import http.client
 import io
 import json
 import logging
 import os
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from hooked_av.chat_api import ChatAPIError, ChatCompletionsClient, message_content
 from hooked_av.model.errors import HookedAVError
 
 log = logging.getLogger(__name__)
@@ -40,18 +37,14 @@ class Captioner(Protocol):
 
 
 # ---- OpenAI-compatible vision API ------------------------------------------------------------------------------
-class RetryableError(Exception):
-    """A failure worth another try: a 5xx or 429 answer, or a timeout."""
-
-
 @dataclass
 class OpenAICompatibleCaptioner:
     """POST {base_url}/chat/completions with `n_frames` frames as base64 JPEG data URLs (OpenAI vision format).
 
     Answers are cached on disk as JSON files named by a hash of (model, prompt, JPEG bytes), so a rerun of an
-    import costs no API calls. 5xx / 429 answers and timeouts are retried `max_retries` times with exponential
-    backoff; any other failure raises CaptionerError at once. api_key None reads $OPENAI_API_KEY (a local server
-    may need none).
+    import costs no API calls. Transient failures (timeouts, 408/429/5xx, dropped connections) are retried
+    `max_retries` times with exponential backoff (hooked_av.chat_api); anything else raises CaptionerError at
+    once. api_key None reads $OPENAI_API_KEY (a local server may need none).
     """
 
     base_url: str
@@ -69,14 +62,20 @@ class OpenAICompatibleCaptioner:
     def __post_init__(self) -> None:
         if self.api_key is None:
             self.api_key = os.environ.get("OPENAI_API_KEY")
-        self.url = self.base_url.rstrip("/") + "/chat/completions"
+        self.client = ChatCompletionsClient(self.base_url, self.api_key, self.timeout_s, self.max_retries,
+                                            self.backoff_s)
+        self.url = self.client.url
 
     def caption(self, sample_id: str, frames: np.ndarray) -> str:
         images = [jpeg_bytes(f, self.jpeg_quality) for f in pick_frames(frames, self.n_frames)]
         cache_file = self.cache_path(images)
         if cache_file is not None and cache_file.is_file():
             return json.loads(cache_file.read_text(encoding="utf-8"))["caption"]
-        text = self.request_with_retries(self.request_body(images), sample_id)
+        try:
+            answer = self.client.post(self.request_body(images), what=f"caption of {sample_id}")
+        except ChatAPIError as err:
+            raise CaptionerError(str(err)) from err
+        text = caption_text(answer, self.url)
         if cache_file is not None:
             write_json_atomic(cache_file, {"sample_id": sample_id, "model": self.model, "caption": text})
         return text
@@ -97,51 +96,13 @@ class OpenAICompatibleCaptioner:
         return {"model": self.model, "messages": [{"role": "user", "content": content}],
                 "max_tokens": self.max_tokens, "temperature": 0}
 
-    def request_with_retries(self, body: dict[str, Any], sample_id: str) -> str:
-        attempt = 0
-        while True:
-            try:
-                return parse_answer(self.post(body), self.url)
-            except RetryableError as err:
-                if attempt == self.max_retries:
-                    raise CaptionerError(f"{self.url} failed {attempt + 1} times for {sample_id}: {err}") from err
-                delay = self.backoff_s * 2 ** attempt
-                log.warning("caption of %s: %s; retrying in %.1f s", sample_id, err, delay)
-                time.sleep(delay)
-                attempt += 1
 
-    def post(self, body: dict[str, Any]) -> bytes:
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                return response.read()
-        except urllib.error.HTTPError as err:
-            detail = err.read()[:500].decode("utf-8", "replace")
-            if err.code >= 500 or err.code == 429:
-                raise RetryableError(f"HTTP {err.code}: {detail}") from err
-            raise CaptionerError(f"{self.url} answered HTTP {err.code}: {detail}") from err
-        except urllib.error.URLError as err:  # raised while connecting and sending
-            if isinstance(err.reason, TimeoutError):
-                raise RetryableError(f"no answer within {self.timeout_s} s") from err
-            raise CaptionerError(f"cannot reach {self.url}: {err.reason}") from err
-        except TimeoutError as err:  # raised while waiting for or reading the answer
-            raise RetryableError(f"no answer within {self.timeout_s} s") from err
-        except (ConnectionError, http.client.HTTPException) as err:  # dropped mid-answer: an overloaded server
-            raise RetryableError(f"connection lost: {err!r}") from err
-
-
-def parse_answer(body: bytes, url: str) -> str:
-    """The text of choices[0].message.content; CaptionerError quoting the body if it is not there."""
-    try:
-        text = json.loads(body)["choices"][0]["message"]["content"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError) as err:
-        raise CaptionerError(f"{url} answered a body without choices[0].message.content: "
-                             f"{body[:300].decode('utf-8', 'replace')!r}") from err
+def caption_text(answer: dict[str, Any], url: str) -> str:
+    """The caption in choices[0].message.content; CaptionerError quoting the answer if it is not there."""
+    text = message_content(answer)
     if not isinstance(text, str) or not text.strip():
-        raise CaptionerError(f"{url} answered an empty or non-text caption: {text!r}")
+        raise CaptionerError(f"{url} answered without a caption in choices[0].message.content: "
+                             f"{json.dumps(answer)[:300]!r}")
     return text.strip()
 
 

