@@ -26,22 +26,16 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import platform
 import statistics
-import sys
-import time
 from collections.abc import Callable
 
 import torch
 
+from common import malloc_description, reexec_with_steady_malloc, timed
 from hooked_av import HookedAVModel
 from hooked_av.testing.tiny import TinySizes, tiny_omni_thinker
 
-# glibc serves large blocks with fresh mmap()s and gives them back on free(), so every big activation pays its
-# page faults again; in small VMs that costs more than the matmuls and makes timings swing 4x from run to run.
-# Keeping freed memory in the heap measures the model instead of the kernel (HF and ours alike).
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(64 << 30)}
 CONFIGS = ("hf", "no hooks", "cache resid", "1 pattern", "all eager")
 
 
@@ -66,17 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn: Callable[[], object], device: str) -> float:
-    synchronize(device)
-    start = time.perf_counter()
-    out = fn()
-    synchronize(device)
-    elapsed = time.perf_counter() - start
+def timed_seconds(fn: Callable[[], object], device: str) -> float:
+    out, elapsed = timed(fn, device)
     del out
     return elapsed
 
@@ -135,7 +120,7 @@ def bench_length(hf_model, model: HookedAVModel, seq_len: int, args: argparse.Na
         times: dict[str, list[float]] = {name: [] for name in CONFIGS}
         for round_ in range(args.warmup + args.repeats):
             for name in CONFIGS:
-                t = timed(runners[name], args.device)
+                t = timed_seconds(runners[name], args.device)
                 if round_ >= args.warmup:
                     times[name].append(t)
                 gc.collect()
@@ -174,9 +159,8 @@ def print_table(results: dict[int, dict[str, list[float]]], n_layers: int) -> No
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if (argv is None and args.device == "cpu" and sys.platform.startswith("linux") and not args.system_malloc
-            and any(k not in os.environ for k in MALLOC_ENV)):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
+    if argv is None:
+        reexec_with_steady_malloc(args.device, args.system_malloc)
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
@@ -189,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
     where = (torch.cuda.get_device_name() if args.device == "cuda"
              else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads")
-    malloc = " ".join(f"{k}={os.environ[k]}" for k in MALLOC_ENV if k in os.environ) or "glibc defaults"
+    malloc = malloc_description()
     print(f"device: {where}; torch {torch.__version__}; dtype {args.dtype}; batch {args.batch}; malloc: {malloc}")
     print(f"decoder: {sizes.layers} layers, d_model {sizes.hidden}, d_mlp {sizes.intermediate}, {sizes.heads} heads "
           f"/ {sizes.kv_heads} kv heads, d_head {head_dim}, mrope_section {list(sizes.mrope_section)}, "

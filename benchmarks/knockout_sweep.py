@@ -12,23 +12,13 @@ generation, and >= 10x faster than from scratch.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
+from common import malloc_description, reexec_with_steady_malloc, timed
 from hooked_av import HookedAVModel
 from hooked_av.analysis.knockout import generate_knockouts, generate_with_knockout, sweep_configurations
 from hooked_av.testing.tiny import TinySizes, synthetic_audio, synthetic_video, tiny_omni_thinker
-
-
-def timed(fn, device: str):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    out = fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return out, time.perf_counter() - start
 
 
 def main() -> None:
@@ -40,7 +30,9 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=9)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--system-malloc", action="store_true", help="keep glibc's default mmap/trim thresholds")
     args = parser.parse_args()
+    reexec_with_steady_malloc(args.device, args.system_malloc)
     torch.set_grad_enabled(False)
     hf_model, processor = tiny_omni_thinker(TinySizes.scaled(args.hidden, args.layers), dtype=getattr(torch, args.dtype))
     model = HookedAVModel.from_hf_model(hf_model.to(args.device), processor)
@@ -57,7 +49,7 @@ def main() -> None:
                                         for ko in configs], args.device)
     identical = all(a.tolist() == b.tolist() for a, b in zip(shared, scratch))
 
-    print(f"device {args.device}, {args.dtype}; decoder: {args.layers} layers, d_model {args.hidden}; "
+    print(f"device {args.device}, {args.dtype}, malloc: {malloc_description()}; decoder: {args.layers} layers, d_model {args.hidden}; "
           f"prompt {batch['input_ids'].shape[1]} tokens; {n_new} new tokens; {len(configs)} configurations "
           f"(2 sources x {args.layers} windows of {args.window})")
     print(f"{'one plain generation':32s} {t_plain:8.2f} s")
