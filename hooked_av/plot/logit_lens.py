@@ -19,7 +19,9 @@ def plot_logit_lens(result: LogitLensResult, path: str | Path, max_positions: in
     ax.imshow(probs, aspect="auto", cmap="Blues", vmin=0, vmax=1.25, origin="lower")  # text stays legible
     for li in range(len(result.layers)):
         for pi in range(n_pos):
-            text = labels[li][pi].strip() or repr(labels[li][pi])
+            text = labels[li][pi].strip()
+            if not text or not text.isprintable():  # whitespace and control tokens are shown escaped
+                text = repr(labels[li][pi])[1:-1]
             ax.text(pi, li, text[:8], ha="center", va="center", fontsize=6)
     ax.set_yticks(range(len(result.layers)), [str(l) for l in result.layers])
     ax.set_xticks(range(n_pos), [str(int(p)) for p in result.positions[:n_pos]], rotation=90, fontsize=6)
