@@ -46,6 +46,27 @@ def test_tokens_decode_to_readable_text(omni):
     assert tok.decode(bytes_of_cjk.tolist()) == "键"
 
 
+def test_a_multibyte_token_decodes_to_its_characters():
+    from transformers import Qwen2Tokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    # a byte-level BPE vocabulary in which 键盘 (six UTF-8 bytes) is merged into one token, as in Qwen's
+    to_symbol = bytes_to_unicode()
+    vocab = {ch: i for i, ch in enumerate(to_symbol.values())}
+    symbols = [to_symbol[b] for b in "键盘".encode()]
+    merges, merged = [], symbols[0]
+    for symbol in symbols[1:]:
+        merges.append((merged, symbol))
+        merged += symbol
+        vocab[merged] = len(vocab)
+    tok = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None)
+    ids = torch.tensor([tok.encode("键盘") + tok.encode(" typing")])
+    assert ids.shape[1] == 8 and ids[0, 0] == vocab[merged]  # one token for 键盘, one per byte for the rest
+    strings = decode_tokens(tok, ids)[0]
+    assert strings[0] == "键盘" and "".join(strings[1:]) == " typing"
+    assert not is_junk_token(strings[0])
+
+
 def test_junk_filter_and_word_set():
     assert not is_junk_token("键盘") and not is_junk_token(" typing") and not is_junk_token("马")
     for junk in ("", "  ", "\n", "!!", "，", "\ufffd", "a\ufffd", "<|im_end|>", "...", "\x00"):
