@@ -5,57 +5,30 @@ from __future__ import annotations
 import base64
 import io
 import json
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from .chat_server import ChatServer, chat_answer
 from hooked_av.data.captioner import CaptionerError, OpenAICompatibleCaptioner, ReviewedCaptions, pick_frames
 
 
-def ok(text: str) -> tuple[int, bytes, float]:
-    return 200, json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode(), 0.0
+def ok(text: str) -> tuple[int, dict, float]:
+    return 200, chat_answer(text), 0.0
 
 
-class ScriptedServer:
-    """Answers POSTs with the next scripted (status, body, delay) and records each request."""
+class ScriptedServer(ChatServer):
+    """Answers each POST with the next scripted (status, payload, delay)."""
 
     def __init__(self):
-        self.script: list[tuple[int, bytes, float]] = []
-        self.requests: list[dict] = []
-        server = self
+        self.script: list[tuple[int, bytes | dict, float]] = []
+        super().__init__(lambda scenario, body, n: self.script.pop(0) if self.script else (500, b"exhausted", 0))
+        self.base_url = self.url()
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
-                status, payload, delay = server.script.pop(0) if server.script else (500, b"script exhausted", 0)
-                time.sleep(delay)
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting (timeout test)
-                    pass
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+    @property
+    def all_requests(self) -> list[dict]:
+        return self.requests[""]
 
 
 @pytest.fixture
@@ -79,7 +52,7 @@ def test_request_is_openai_vision_format_and_answer_is_returned(server, tmp_path
     server.script = [ok("  A dog runs across a lawn.\n")]
     text = captioner(server, tmp_path).caption("clip1", frames())
     assert text == "A dog runs across a lawn."
-    (request,) = server.requests
+    (request,) = server.all_requests
     assert request["path"] == "/v1/chat/completions"
     assert request["headers"]["Authorization"] == "Bearer sk-test"
     body = request["body"]
@@ -101,28 +74,28 @@ def test_pick_frames_spreads_over_the_clip():
 def test_server_error_is_retried_then_succeeds(server, tmp_path):
     server.script = [(500, b'{"error": "overloaded"}', 0), (503, b"busy", 0), ok("A cat sleeps.")]
     assert captioner(server, tmp_path).caption("clip1", frames()) == "A cat sleeps."
-    assert len(server.requests) == 3
+    assert len(server.all_requests) == 3
 
 
 def test_timeout_is_retried(server, tmp_path):
     server.script = [(200, b"{}", 1.0), ok("A car passes.")]
     c = captioner(server, tmp_path, timeout_s=0.3)
     assert c.caption("clip1", frames()) == "A car passes."
-    assert len(server.requests) == 2
+    assert len(server.all_requests) == 2
 
 
 def test_persistent_server_errors_give_up_after_the_retries(server, tmp_path):
     server.script = [(502, b"bad gateway", 0)] * 3
     with pytest.raises(CaptionerError, match=r"caption of clip1 .*HTTP 502.*gave up after 3 attempts"):
         captioner(server, tmp_path, max_retries=2).caption("clip1", frames())
-    assert len(server.requests) == 3
+    assert len(server.all_requests) == 3
 
 
 def test_client_errors_are_not_retried(server, tmp_path):
     server.script = [(401, b'{"error": "invalid api key"}', 0)]
     with pytest.raises(CaptionerError, match=r"HTTP 401.*invalid api key"):
         captioner(server, tmp_path).caption("clip1", frames())
-    assert len(server.requests) == 1
+    assert len(server.all_requests) == 1
 
 
 @pytest.mark.parametrize("body", [b"<html>oops</html>", b'{"choices": []}', b'{"choices": [{"message": {}}]}'])
@@ -130,16 +103,16 @@ def test_malformed_answer_is_a_clear_error(server, tmp_path, body):
     server.script = [(200, body, 0)]
     with pytest.raises(CaptionerError, match=r"not JSON|without a caption in choices\[0\]\.message\.content"):
         captioner(server, tmp_path).caption("clip1", frames())
-    assert len(server.requests) == 1  # a malformed answer is not retried
+    assert len(server.all_requests) == 1  # a malformed answer is not retried
 
 
 def test_cache_hit_skips_the_server_and_other_frames_miss(server, tmp_path):
     server.script = [ok("first"), ok("second")]
     assert captioner(server, tmp_path).caption("clip1", frames(seed=0)) == "first"
     assert captioner(server, tmp_path).caption("clip1", frames(seed=0)) == "first"  # a new instance: from disk
-    assert len(server.requests) == 1
+    assert len(server.all_requests) == 1
     assert captioner(server, tmp_path).caption("clip2", frames(seed=1)) == "second"
-    assert len(server.requests) == 2
+    assert len(server.all_requests) == 2
     assert len(list((tmp_path / "cache").glob("*.json"))) == 2
 
 
