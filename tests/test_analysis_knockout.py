@@ -138,3 +138,40 @@ def test_sweep_writes_one_row_per_configuration_and_resumes(omni, media, tmp_pat
     ref = model.generate(model.prepare_inputs(prompts[0], video=media["video"], audio=media["audio"]),
                          max_new_tokens=4)
     assert baseline["tokens"] == [t for t in ref.new_tokens[0].tolist() if t != model.adapter.pad_token_id()]
+
+
+class ConstantJudge:
+    """A judge backend whose score depends only on the caption's length, for a deterministic pipeline test."""
+
+    name = "length-judge"
+
+    def complete(self, prompts):
+        return [json.dumps({"reasoning": "r", "score": len(p.rsplit("Candidate caption:", 1)[1]) % 7 / 7})
+                for p in prompts]
+
+
+def test_sweep_scores_make_the_knockout_figure(omni, media, tmp_path):
+    from hooked_av.analysis.knockout import TASK_PROMPTS, knockout_score_table
+    from hooked_av.data.jsonl import append_rows
+    from hooked_av.eval import Judge, load_scores, score_captions
+    from hooked_av.plot import plot_knockout_curves
+
+    _, _, model = omni
+    manifest = tmp_path / "manifest.jsonl"
+    append_rows(manifest, [{"sample_id": sid, "video": "v.mp4", "audio": "video", "audio_captions": ["a dog barks"],
+                            "video_caption": "a dog on grass", "counterfactual": cf}
+                           for sid, cf in (("f1", False), ("c1", True))])
+    samples = [{"id": "f1", "video": media["video"], "audio": media["audio"]},
+               {"id": "c1", "video": media["video2"], "audio": media["audio"]}]
+    sweep = knockout_sweep(model, samples, tmp_path / "sweep.jsonl", prompts=tuple(TASK_PROMPTS.values()),
+                           window=1, max_new_tokens=3)
+    summary = score_captions(manifest, sweep, tmp_path / "scores.jsonl", Judge(ConstantJudge()))
+    per_sample = 2 * 2 * (1 + 2 * model.cfg.n_layers)  # prompts x modalities x configurations
+    assert summary.scored == 2 * per_sample
+    table = knockout_score_table(load_scores(tmp_path / "scores.jsonl"))
+    assert len(table) == 2 * per_sample // 2  # each modality only under its own prompt
+    assert set(table.setting) == {"factual", "counterfactual"} and set(table.task) == {"audio", "video"}
+    assert set(table.source) == {"none", "audio", "video"}
+    assert sorted(table[table.source == "audio"].centre_layer.unique()) == list(range(model.cfg.n_layers))
+    plot_knockout_curves(table, tmp_path / "fig6.png")
+    assert (tmp_path / "fig6.png").stat().st_size > 10_000

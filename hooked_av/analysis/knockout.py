@@ -269,3 +269,22 @@ def load_sweep(path: str | Path):
     import pandas as pd
 
     return pd.read_json(path, lines=True)
+
+
+# Fig. 6 scores each modality under the prompt that asks for it.
+TASK_PROMPTS = {"video": "Describe what you see.", "audio": "Describe what you hear."}
+
+
+def knockout_score_table(score_rows: Iterable[Mapping[str, Any]], task_prompts: Mapping[str, str] = TASK_PROMPTS):
+    """The judge's scores of a sweep (hooked_av.eval.score_captions on the sweep file) as the table of Fig. 6.
+
+    Columns: sample_id, setting ("factual"/"counterfactual"), task (the modality scored under its prompt), source
+    ("none" for the baseline), centre_layer, score. Failure records (no score) are left out.
+    """
+    import pandas as pd
+
+    rows = [{"sample_id": r["sample_id"], "setting": "counterfactual" if r.get("counterfactual") else "factual",
+             "task": r["modality"], "source": r["source"], "centre_layer": r.get("centre_layer"), "score": r["score"]}
+            for r in score_rows
+            if r.get("score") is not None and "source" in r and task_prompts.get(r["modality"]) == r["prompt"]]
+    return pd.DataFrame(rows, columns=["sample_id", "setting", "task", "source", "centre_layer", "score"])

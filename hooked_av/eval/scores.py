@@ -2,9 +2,11 @@
 
 Inputs are plain JSONL written by hooked_av/data (read here as dicts):
 - manifest row: sample_id, audio_captions (list of human captions), video_caption (str or null), counterfactual;
-- captions row: sample_id, prompt, caption, model, counterfactual.
-Output row: sample_id, prompt, modality, caption_model, counterfactual, status, score, reasoning, attempts,
-judge_model, error, raw (raw only on failures, to keep the file small).
+- captions row: sample_id, prompt, caption, model, counterfactual (hooked_av.data.caption_run), or a knockout
+  sweep row: sample_id, prompt, source, centre_layer, text (hooked_av.analysis.knockout), one per configuration.
+Output row: sample_id, prompt, modality, caption_model, counterfactual (from the manifest when the captions row has
+none), [source, centre_layer for sweep rows], status, score, reasoning, attempts, judge_model, error, raw (raw only
+on failures, to keep the file small).
 
 Rows are appended after every chunk, so an interrupted run loses at most one chunk of work (and its judge
 answers are in the cache). A rerun skips the keys already present, tolerates a torn last line (that row is
@@ -25,9 +27,11 @@ from hooked_av.data.jsonl import append_rows, iter_rows
 from hooked_av.eval.rubric import AUDIO_FIDELITY, VIDEO_FIDELITY
 
 FIDELITY_RUBRICS = {"audio": AUDIO_FIDELITY, "video": VIDEO_FIDELITY}
-CAPTION_FIELDS = ("sample_id", "prompt", "caption")
+CAPTION_FIELDS = ("sample_id", "prompt")
+TEXT_FIELDS = ("caption", "text")  # captions rows / knockout sweep rows
+VARIANT_FIELDS = ("source", "centre_layer")  # a knockout sweep has one caption per configuration
 
-ScoreKey = tuple[str, str, str, str]  # (sample_id, prompt, modality, caption_model)
+ScoreKey = tuple[str, ...]  # (sample_id, prompt, modality, caption_model, source, centre_layer)
 
 
 @dataclass
@@ -40,7 +44,7 @@ class ScoreSummary:
 
 def score_key(row: dict[str, Any]) -> ScoreKey:
     return (str(row["sample_id"]), str(row.get("prompt") or ""), str(row["modality"]),
-            str(row.get("caption_model") or ""))
+            str(row.get("caption_model") or ""), *(str(row.get(f)) for f in VARIANT_FIELDS))
 
 
 def load_scores(path: str | Path) -> list[dict[str, Any]]:
@@ -74,10 +78,18 @@ def _load_manifest(path: Path) -> dict[str, dict[str, Any]]:
     return manifest
 
 
-def score_row(caption: dict[str, Any], modality: str, result: JudgeResult) -> dict[str, Any]:
+def caption_text(row: dict[str, Any], source: Path) -> str:
+    field = next((f for f in TEXT_FIELDS if f in row), None)
+    if field is None:
+        raise EvalDataError(f"{source}: a row has none of {list(TEXT_FIELDS)}: {str(row)[:200]}")
+    return str(row[field] or "")
+
+
+def score_row(caption: dict[str, Any], sample: dict[str, Any], modality: str, result: JudgeResult) -> dict[str, Any]:
     return {"sample_id": caption["sample_id"], "prompt": caption["prompt"], "modality": modality,
-            "caption_model": caption.get("model"), "counterfactual": caption.get("counterfactual"),
-            "status": result.status, "score": result.score, "reasoning": result.reasoning,
+            "caption_model": caption.get("model"),
+            "counterfactual": caption.get("counterfactual", sample.get("counterfactual")),
+            **{f: caption[f] for f in VARIANT_FIELDS if f in caption}, "status": result.status, "score": result.score, "reasoning": result.reasoning,
             "attempts": result.attempts, "judge_model": result.judge_model, "error": result.error,
             "raw": result.raw if result.status == FAILED else None}
 
@@ -93,9 +105,10 @@ def score_captions(manifest_path: str | Path, captions_path: str | Path, out_pat
     manifest = _load_manifest(manifest_path)
     done = {score_key(r) for r in load_scores(out_path) if not (retry_failed and r.get("status") == FAILED)}
     summary = ScoreSummary()
-    todo: list[tuple[dict[str, Any], str, JudgeRequest]] = []
+    todo: list[tuple[dict[str, Any], dict[str, Any], str, JudgeRequest]] = []
     for caption in iter_rows(captions_path):
         _check_fields(caption, CAPTION_FIELDS, captions_path)
+        text = caption_text(caption, captions_path)
         sample = manifest.get(str(caption["sample_id"]))
         if sample is None:
             raise EvalDataError(f"{captions_path}: sample {caption['sample_id']!r} is not in {manifest_path}")
@@ -108,13 +121,12 @@ def score_captions(manifest_path: str | Path, captions_path: str | Path, out_pat
                 summary.missing_reference += 1
             else:
                 done.add(key)  # a caption row repeated in the file is scored once
-                todo.append((caption, modality, JudgeRequest(FIDELITY_RUBRICS[modality], tuple(refs),
-                                                             str(caption["caption"] or ""))))
+                todo.append((caption, sample, modality, JudgeRequest(FIDELITY_RUBRICS[modality], tuple(refs), text)))
     for start in range(0, len(todo), chunk_size):
         chunk = todo[start:start + chunk_size]
-        results = judge.score_many([request for _, _, request in chunk])
-        append_rows(out_path, [score_row(caption, modality, result)
-                                for (caption, modality, _), result in zip(chunk, results)])
+        results = judge.score_many([request for *_, request in chunk])
+        append_rows(out_path, [score_row(caption, sample, modality, result)
+                                for (caption, sample, modality, _), result in zip(chunk, results)])
         summary.failed += sum(r.status == FAILED for r in results)
         summary.scored += sum(r.status != FAILED for r in results)
     return summary
