@@ -80,3 +80,39 @@ def test_junk_filter_and_word_set():
     assert result.top1() == [["键盘", " typing"], ["!!", "\ufffd"], [" drill", "键盘"]]
     frame = result.to_frame()
     assert len(frame) == 12 and set(frame.columns) >= {"layer", "position", "rank", "token", "prob"}
+
+
+def test_latent_word_sets_are_written_resumably_and_scored_by_the_judge(omni, media, tmp_path):
+    import json
+
+    from hooked_av.analysis.logit_lens import latent_words_run
+    from hooked_av.data.jsonl import append_rows, iter_rows
+    from hooked_av.eval import Judge, load_scores, score_captions
+
+    _, _, model = omni
+    samples = [{"id": "s1", "video": media["video"], "audio": media["audio"]},
+               {"id": "broken", "video": str(tmp_path / "missing.mp4"), "audio": media["audio"]}]
+    out = latent_words_run(model, samples[:1], tmp_path / "words.jsonl", last_layers=2)
+    latent_words_run(model, samples, out, last_layers=2)  # a rerun adds only what is missing
+    (row,) = list(iter_rows(out))
+    expected = logit_lens(model, model.prepare_inputs("Describe what you see and hear.", video=media["video"],
+                                                      audio=media["audio"]), top_k=1).words(last_layers=2)
+    assert row["sample_id"] == "s1" and row["words"] == expected
+    assert "broken" in (tmp_path / "words.jsonl.errors.jsonl").read_text()
+
+    class Recorder:
+        name = "recorder"
+        prompts: list[str] = []
+
+        def complete(self, prompts):
+            self.prompts.extend(prompts)
+            return [json.dumps({"reasoning": "r", "score": 0.5})] * len(prompts)
+
+    manifest = tmp_path / "manifest.jsonl"
+    append_rows(manifest, [{"sample_id": "s1", "audio_captions": ["a tone plays", "a beep"], "counterfactual": False}])
+    backend = Recorder()
+    score_captions(manifest, out, tmp_path / "latent.jsonl", Judge(backend), modalities=("latent_audio",))
+    (score,) = load_scores(tmp_path / "latent.jsonl")
+    assert score["modality"] == "latent_audio" and score["score"] == 0.5
+    assert backend.prompts[0].endswith(f"Decoded words: {', '.join(expected) or '(empty)'}\nAnswer:")
+    assert "a tone plays" in backend.prompts[0]

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import string
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from hooked_av.model.errors import InputError, check_layer
+from hooked_av.data.jsonl import append_rows, read_done
+from hooked_av.model.errors import HookedAVError, InputError, check_layer
 from hooked_av.model.modality import Modality
 
 PUNCTUATION = set(string.punctuation) | {"，", "。", "、", "：", "；", "！", "？", "（", "）", "“", "”", "…", "—"}
@@ -135,3 +137,33 @@ def logit_lens(model, batch: Any = None, *, cache=None, positions: str | Sequenc
     tokenizer = model.adapter.require_processor("logit_lens (decoding tokens)").tokenizer
     return LogitLensResult(layers=layers, positions=pos.cpu(), top_ids=ids, top_probs=torch.stack(top_probs).cpu(),
                            tokens=decode_tokens(tokenizer, ids), batch_index=batch_index)
+
+
+def latent_words_run(model, samples: Iterable[Mapping[str, Any]], out_path: str | Path, *,
+                     prompt: str = "Describe what you see and hear.", last_layers: int = 5, top_k: int = 1,
+                     **prepare_kwargs: Any) -> Path:
+    """For each sample, the logit-lens words at its audio positions over the last layers, one JSONL row each.
+
+    Rows (sample_id, prompt, words, last_layers, top_k) are what `hooked_av.eval.score_captions(...,
+    modalities=("latent_audio",))` scores against the audio captions: the paper's latent audio understanding.
+    samples: mappings with "id" and media for `model.prepare_inputs`. Resumable: samples already in the file are
+    skipped; unreadable ones go to `<out>.errors.jsonl`.
+    """
+    out_path = Path(out_path)
+    done = read_done(out_path, key=lambda r: (r["sample_id"], r["prompt"]))
+    for sample in samples:
+        sample_id = str(sample["id"])
+        if (sample_id, prompt) in done:
+            continue
+        try:
+            batch = model.prepare_inputs(prompt, video=sample.get("video"), audio=sample.get("audio"),
+                                         use_audio_in_video=sample.get("use_audio_in_video", False), **prepare_kwargs)
+        except (HookedAVError, OSError) as err:
+            append_rows(out_path.with_name(out_path.name + ".errors.jsonl"),
+                        [{"sample_id": sample_id, "error": type(err).__name__, "message": str(err)}])
+            continue
+        layers = range(max(0, model.cfg.n_layers - last_layers), model.cfg.n_layers)
+        lens = logit_lens(model, batch, positions="audio", layers=layers, top_k=top_k)
+        append_rows(out_path, [{"sample_id": sample_id, "prompt": prompt, "words": lens.words(last_layers, top_k),
+                                "last_layers": last_layers, "top_k": top_k}])
+    return out_path

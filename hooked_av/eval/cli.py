@@ -8,6 +8,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+from hooked_av.eval.scores import FIDELITY_RUBRICS
 from hooked_av.eval.backends import JudgeBackend, OpenAICompatibleBackend, TransformersBackend, VLLMBackend
 
 DEFAULT_MAX_TOKENS = {"transformers": 256, "openai": 2048, "vllm": 2048}  # reasoning judges need room to think
@@ -28,7 +29,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--base-url", default="http://localhost:8000/v1", help="OpenAI-compatible server (openai)")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable with the API key (openai)")
     p.add_argument("--cache", help="judge answer cache JSONL (default: <out>.cache.jsonl)")
-    p.add_argument("--modalities", nargs="+", choices=["audio", "video"], default=["audio", "video"])
+    p.add_argument("--modalities", nargs="+", choices=sorted(FIDELITY_RUBRICS), default=["audio", "video"],
+                   help="latent_audio scores logit-lens word sets (rows with a words field)")
     p.add_argument("--max-attempts", type=int, default=3, help="answers read per request before a failure record")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per backend call")
     p.add_argument("--max-tokens", type=int, help="answer token limit (default: 256 transformers, 2048 servers)")

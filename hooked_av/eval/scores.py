@@ -2,8 +2,10 @@
 
 Inputs are plain JSONL written by hooked_av/data (read here as dicts):
 - manifest row: sample_id, audio_captions (list of human captions), video_caption (str or null), counterfactual;
-- captions row: sample_id, prompt, caption, model, counterfactual (hooked_av.data.caption_run), or a knockout
-  sweep row: sample_id, prompt, source, centre_layer, text (hooked_av.analysis.knockout), one per configuration.
+- captions row: sample_id, prompt, caption, model, counterfactual (hooked_av.data.caption_run), a knockout
+  sweep row: sample_id, prompt, source, centre_layer, text (hooked_av.analysis.knockout), one per configuration,
+  or a logit-lens word-set row: sample_id, prompt, words (hooked_av.analysis.logit_lens.latent_words_run), scored
+  with modalities=("latent_audio",).
 Output row: sample_id, prompt, modality, caption_model, counterfactual (from the manifest when the captions row has
 none), [source, centre_layer for sweep rows], status, score, reasoning, attempts, judge_model, error, raw (raw only
 on failures, to keep the file small).
@@ -24,11 +26,12 @@ from typing import Any
 from hooked_av.eval.errors import EvalDataError
 from hooked_av.eval.judge import FAILED, Judge, JudgeRequest, JudgeResult
 from hooked_av.data.jsonl import append_rows, iter_rows
-from hooked_av.eval.rubric import AUDIO_FIDELITY, VIDEO_FIDELITY
+from hooked_av.eval.rubric import AUDIO_FIDELITY, LATENT_AUDIO, VIDEO_FIDELITY
 
-FIDELITY_RUBRICS = {"audio": AUDIO_FIDELITY, "video": VIDEO_FIDELITY}
+# "latent_audio" scores a logit-lens word set (paper Sec. 6) against the audio captions.
+FIDELITY_RUBRICS = {"audio": AUDIO_FIDELITY, "video": VIDEO_FIDELITY, "latent_audio": LATENT_AUDIO}
 CAPTION_FIELDS = ("sample_id", "prompt")
-TEXT_FIELDS = ("caption", "text")  # captions rows / knockout sweep rows
+TEXT_FIELDS = ("caption", "text", "words")  # captions rows / knockout sweep rows / logit-lens word sets
 VARIANT_FIELDS = ("source", "centre_layer")  # a knockout sweep has one caption per configuration
 
 ScoreKey = tuple[str, ...]  # (sample_id, prompt, modality, caption_model, source, centre_layer)
@@ -58,7 +61,7 @@ def load_scores(path: str | Path) -> list[dict[str, Any]]:
 
 def references(sample: dict[str, Any], modality: str) -> list[str]:
     """The human reference captions of a manifest row for one modality (empty when there is none)."""
-    if modality == "audio":
+    if modality in ("audio", "latent_audio"):
         captions = sample.get("audio_captions") or []
         return [captions] if isinstance(captions, str) else [c for c in captions if c]
     return [sample["video_caption"]] if sample.get("video_caption") else []
@@ -82,7 +85,8 @@ def caption_text(row: dict[str, Any], source: Path) -> str:
     field = next((f for f in TEXT_FIELDS if f in row), None)
     if field is None:
         raise EvalDataError(f"{source}: a row has none of {list(TEXT_FIELDS)}: {str(row)[:200]}")
-    return str(row[field] or "")
+    value = row[field]
+    return ", ".join(value) if isinstance(value, list) else str(value or "")
 
 
 def score_row(caption: dict[str, Any], sample: dict[str, Any], modality: str, result: JudgeResult) -> dict[str, Any]:
