@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from hooked_av import HookedAVModel, MissingProcessorError, ModelConfigError, UnsupportedCheckpointError
 from hooked_av.families.base import load_adapter_class
-from hooked_av.model.family_spec import builtin_family_specs, load_family_spec, parse_family_spec
+from hooked_av.model.family_spec import builtin_config_dir, builtin_family_specs, load_family_spec, parse_family_spec
 from hooked_av.testing.tiny import tiny_qwen2_5_vl
 
 from .conftest import PROMPT
@@ -343,7 +342,7 @@ def test_model_without_processor(models, batches):
 
 # ---- model_configs YAML -------------------------------------------------------------------------------------
 def builtin_yaml(name: str) -> dict:
-    path = resources.files("hooked_av") / "model_configs" / f"{name}.yaml"
+    path = builtin_config_dir() / f"{name}.yaml"
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 

@@ -1,4 +1,7 @@
-"""Family descriptions: the YAML files in `hooked_av/model_configs/`, parsed safely and validated.
+"""Family descriptions: the YAML files in the top-level `model_configs/` folder, parsed safely and validated.
+
+The folder is installed as the `hooked_av.model_configs` package data (a setuptools package-dir mapping), so a
+wheel carries it; a source checkout reads it in place.
 
 A file says which HF checkpoints the family matches, which HF classes are reused (model, processor, encoders),
 where the decoder's modules sit inside the HF model (so weights are shared, never copied), how the rotary
@@ -185,11 +188,18 @@ def load_family_spec(path: str | Path) -> FamilySpec:
     return parse_family_spec(data, str(path))
 
 
+def builtin_config_dir() -> Path:
+    """Where the built-in family files are: `model_configs/` beside the package in a source checkout (editable
+    installs included), else the copy a wheel installs as `hooked_av/model_configs/`."""
+    source_tree = Path(__file__).resolve().parents[2]
+    if (source_tree / "pyproject.toml").is_file() and (source_tree / "model_configs").is_dir():
+        return source_tree / "model_configs"
+    return Path(str(resources.files("hooked_av") / "model_configs"))
+
+
 @functools.cache
 def builtin_family_specs() -> tuple[FamilySpec, ...]:
-    folder = resources.files("hooked_av") / "model_configs"
-    return tuple(load_family_spec(Path(str(f))) for f in sorted(folder.iterdir(), key=lambda f: f.name)
-                 if f.name.endswith(".yaml"))
+    return tuple(load_family_spec(f) for f in sorted(builtin_config_dir().glob("*.yaml")))
 
 
 def family_for_config(config: dict[str, Any], specs: tuple[FamilySpec, ...] | None = None) -> FamilySpec:
