@@ -159,7 +159,8 @@ def test_sweep_scores_make_the_knockout_figure(omni, media, tmp_path):
     _, _, model = omni
     manifest = tmp_path / "manifest.jsonl"
     append_rows(manifest, [{"sample_id": sid, "video": "v.mp4", "audio": "video", "audio_captions": ["a dog barks"],
-                            "video_caption": "a dog on grass", "counterfactual": cf}
+                            "video_caption": "a dog on grass", "counterfactual": cf,
+                            **({"video_source": "f1", "audio_source": "f0", "similarity": 0.1} if cf else {})}
                            for sid, cf in (("f1", False), ("c1", True))])
     samples = [{"id": "f1", "video": media["video"], "audio": media["audio"]},
                {"id": "c1", "video": media["video2"], "audio": media["audio"]}]

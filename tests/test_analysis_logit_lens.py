@@ -109,7 +109,8 @@ def test_latent_word_sets_are_written_resumably_and_scored_by_the_judge(omni, me
             return [json.dumps({"reasoning": "r", "score": 0.5})] * len(prompts)
 
     manifest = tmp_path / "manifest.jsonl"
-    append_rows(manifest, [{"sample_id": "s1", "audio_captions": ["a tone plays", "a beep"], "counterfactual": False}])
+    append_rows(manifest, [{"sample_id": "s1", "video": "s1.mp4", "audio": "video",
+                            "audio_captions": ["a tone plays", "a beep"], "counterfactual": False}])
     backend = Recorder()
     score_captions(manifest, out, tmp_path / "latent.jsonl", Judge(backend), modalities=("latent_audio",))
     (score,) = load_scores(tmp_path / "latent.jsonl")

@@ -11,7 +11,9 @@ import pytest
 from hooked_av.eval.cache import JudgeCache
 from hooked_av.eval.errors import EvalDataError, JudgeBackendError
 from hooked_av.eval.judge import Judge, JudgeRequest
-from hooked_av.data.jsonl import append_rows, iter_rows
+from hooked_av import InputError
+from hooked_av.data.jsonl import JSONLError, append_rows, iter_rows
+from hooked_av.data.manifest import ManifestError
 from hooked_av.eval.parse import parse_judgement
 from hooked_av.eval.rubric import AUDIO_FIDELITY, LATENT_AUDIO, RUBRICS, VIDEO_FIDELITY
 from hooked_av.eval.scores import load_scores, score_captions
@@ -150,7 +152,8 @@ def write_inputs(tmp_path, n: int = 6):
     append_rows(manifest, [{"sample_id": f"s{i}", "video": f"v{i}.mp4", "audio": f"a{i}.wav",
                              "audio_captions": [f"sound {i} {k}" for k in range(5)],
                              "video_caption": None if i == 0 else f"scene {i}", "counterfactual": i % 2 == 1,
-                             "video_source": "x", "audio_source": "y", "similarity": 0.1} for i in range(n)])
+                             **({"video_source": "x", "audio_source": "y", "similarity": 0.1} if i % 2 else {})}
+                            for i in range(n)])
     append_rows(captions, [{"sample_id": f"s{i}", "prompt": "Describe what you see and hear.",
                              "caption": "c" * (i + 1), "model": "omni-3b", "max_new_tokens": 64,
                              "counterfactual": i % 2 == 1} for i in range(n)])
@@ -220,3 +223,24 @@ def test_score_captions_rejects_inconsistent_inputs(tmp_path):
     append_rows(bad, [{"sample_id": "s0", "caption": "no prompt"}])
     with pytest.raises(EvalDataError, match=r"lacks \['prompt'\]"):
         score_captions(manifest, bad, tmp_path / "o.jsonl", Judge(ScriptedBackend()))
+
+
+def test_a_malformed_captions_line_in_the_middle_is_an_error_not_skipped(tmp_path):
+    manifest, captions = write_inputs(tmp_path, n=3)
+    lines = captions.read_text().splitlines()
+    captions.write_text("\n".join([lines[0], lines[1][:-5], lines[2]]) + "\n")
+    with pytest.raises(JSONLError, match=r"captions.jsonl:2: "):
+        score_captions(manifest, captions, tmp_path / "o.jsonl", Judge(ScriptedBackend()))
+
+
+def test_the_manifest_is_validated_as_caption_and_build_do(tmp_path):
+    manifest, captions = write_inputs(tmp_path, n=2)
+    with manifest.open("a") as f:
+        f.write(manifest.read_text().splitlines()[0] + "\n")  # s0 again
+    with pytest.raises(ManifestError, match=r"manifest.jsonl:3: field 'sample_id': 's0' already used on line 1"):
+        score_captions(manifest, captions, tmp_path / "o.jsonl", Judge(ScriptedBackend()))
+    manifest.write_text('{"sample_id": "s0", "audio_captions": ["a dog"]}\n')
+    with pytest.raises(ManifestError, match=r"manifest.jsonl:1: field 'video': missing"):
+        score_captions(manifest, captions, tmp_path / "o.jsonl", Judge(ScriptedBackend()))
+    with pytest.raises(InputError, match=r"manifest not found"):
+        score_captions(tmp_path / "nope.jsonl", captions, tmp_path / "o.jsonl", Judge(ScriptedBackend()))

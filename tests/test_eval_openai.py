@@ -136,7 +136,8 @@ def test_judge_reasks_then_records_the_failure(server):
 
 def test_judge_cli_scores_a_captions_file_through_the_server(server, tmp_path):
     manifest, captions, out = tmp_path / "manifest.jsonl", tmp_path / "captions.jsonl", tmp_path / "scores.jsonl"
-    manifest.write_text(json.dumps({"sample_id": "s1", "audio_captions": ["A dog barks"] * 5,
+    manifest.write_text(json.dumps({"sample_id": "s1", "video": "s1.mp4", "audio": "video",
+                                    "audio_captions": ["A dog barks"] * 5,
                                     "video_caption": "A dog in a yard", "counterfactual": False}) + "\n")
     captions.write_text(json.dumps({"sample_id": "s1", "prompt": "Describe what you hear.", "caption": "A dog.",
                                     "model": "omni", "counterfactual": False}) + "\n")

@@ -3,7 +3,8 @@
 Long runs (captioning 500 clips x 3 prompts, a knockout sweep, the judge's cache and scores) append one row per
 finished unit of work and, when rerun on the same file, skip the units whose rows are already there. A kill can
 leave a partial last line: readers skip it, and the next append cuts it off first, so the file stays valid JSONL
-(pandas can read it) and a rerun neither duplicates nor loses a row. Appends are whole writes under an exclusive
+(pandas can read it) and a rerun neither duplicates nor loses a row. A bad line anywhere else is damage, and
+reading it is an error naming the line, never a silently dropped row. Appends are whole writes under an exclusive
 advisory lock (fcntl, where the platform has it), so two processes appending to one file never interleave.
 """
 
@@ -16,25 +17,45 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from hooked_av.model.errors import HookedAVError
+
 try:
     import fcntl
 except ImportError:  # Windows: appends stay whole writes; only the cross-process lock is lost
     fcntl = None
 
 
+class JSONLError(HookedAVError, ValueError):
+    """A line that is not a JSON object, before the file's end: corruption, not a killed writer (file:line)."""
+
+
 def iter_rows(path: str | Path) -> Iterator[dict[str, Any]]:
-    """The complete rows (JSON objects) of a JSONL file; a missing file has none, a torn line is skipped."""
+    """The rows (JSON objects) of a JSONL file; a missing file has none, blank lines are skipped.
+
+    A torn last line (no trailing newline: a writer killed mid-append) is skipped. Any other line that is not a
+    JSON object raises JSONLError naming the file and line: appends are whole lines, so such a line is damage
+    that would otherwise silently drop a row.
+    """
     path = Path(path)
     if not path.exists():
         return
     with path.open(encoding="utf-8") as f:
-        for line in f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                yield row
+            except json.JSONDecodeError as err:
+                row = err
+            if not isinstance(row, dict) and not line.endswith("\n"):
+                return  # the torn tail of a killed append; the next append cuts it off
+            if isinstance(row, json.JSONDecodeError):
+                raise JSONLError(f"{path}:{number}: not a JSON object ({row}): {line[:80]!r}; fix or delete the "
+                                 f"line")
+            if not isinstance(row, dict):
+                raise JSONLError(f"{path}:{number}: a JSON {type(row).__name__}, not an object: {line[:80]!r}; "
+                                 f"fix or delete the line")
+            yield row
 
 
 def read_done(path: str | Path, key: Callable[[dict[str, Any]], Hashable]) -> set:

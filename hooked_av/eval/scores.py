@@ -26,6 +26,7 @@ from typing import Any
 from hooked_av.eval.errors import EvalDataError
 from hooked_av.eval.judge import FAILED, Judge, JudgeRequest, JudgeResult
 from hooked_av.data.jsonl import append_rows, iter_rows
+from hooked_av.data.manifest import read_manifest
 from hooked_av.eval.rubric import AUDIO_FIDELITY, LATENT_AUDIO, VIDEO_FIDELITY
 
 # "latent_audio" scores a logit-lens word set (paper Sec. 6) against the audio captions.
@@ -74,11 +75,10 @@ def _check_fields(row: dict[str, Any], fields: Iterable[str], source: Path) -> N
 
 
 def _load_manifest(path: Path) -> dict[str, dict[str, Any]]:
-    manifest = {}
-    for row in iter_rows(path):
-        _check_fields(row, ("sample_id", "audio_captions"), path)
-        manifest[str(row["sample_id"])] = row
-    return manifest
+    """The manifest's rows by sample_id, validated as `caption` and `build-counterfactuals` validate it."""
+    return {row.sample_id: {"sample_id": row.sample_id, "audio_captions": row.audio_captions,
+                            "video_caption": row.video_caption, "counterfactual": row.counterfactual}
+            for row in read_manifest(path)}
 
 
 def caption_text(row: dict[str, Any], source: Path) -> str:
