@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
-from hooked_av import InputError
+import hooked_av
+from hooked_av import HookedAVModel, InputError
+from hooked_av.data.checkpoint import describe_checkpoint, weights_sha256
+from hooked_av.testing.tiny import tiny_omni_thinker
 from hooked_av.data.caption_run import caption_manifest
 from hooked_av.data.manifest import ManifestRow, load_sample
 from tests.test_media import write_clip
@@ -95,5 +99,45 @@ def test_broken_samples_are_skipped_and_reported(omni, rows, tmp_path):
 def test_resuming_with_other_settings_is_refused(omni, rows, tmp_path):
     out = tmp_path / "captions.jsonl"
     caption_manifest(omni[2], rows[:1], out, prompts=PROMPTS[:1], max_new_tokens=TOKENS)
-    with pytest.raises(InputError, match="max_new_tokens=3, not 'qwen2_5_omni' / 5"):
+    with pytest.raises(InputError, match="max_new_tokens 3, not 5"):
         caption_manifest(omni[2], rows[:1], out, prompts=PROMPTS[:1], max_new_tokens=5)
+    with pytest.raises(InputError, match="fps 2.0, not 1.0"):
+        caption_manifest(omni[2], rows[:1], out, prompts=PROMPTS[:1], max_new_tokens=TOKENS, fps=1.0)
+
+
+@pytest.fixture(scope="module")
+def other_omni():
+    """The same family and config as `omni`, other weights: another checkpoint."""
+    hf_model, processor = tiny_omni_thinker(seed=7)
+    return HookedAVModel.from_hf_model(hf_model, processor)
+
+
+def test_rows_record_the_checkpoint_and_its_weights_hash(omni, other_omni, reference):
+    model = omni[2]
+    info = describe_checkpoint(model)
+    assert info.model_hash == describe_checkpoint(HookedAVModel.from_hf_model(*tiny_omni_thinker())).model_hash
+    assert info.model_hash != describe_checkpoint(other_omni).model_hash
+    assert len(info.model_hash) == 64 and info.dtype == "float32" and info.hooked_av_version == hooked_av.__version__
+    for row in reference:
+        assert (row["model"], row["model_hash"], row["dtype"], row["hooked_av_version"]) == (
+            info.model, info.model_hash, "float32", hooked_av.__version__)
+        assert (row["max_new_tokens"], row["fps"], row["use_audio"]) == (TOKENS, 2.0, True)
+
+
+def test_a_weights_change_changes_the_hash(omni):
+    hf_model, processor = tiny_omni_thinker()
+    before = weights_sha256(hf_model)
+    with torch.no_grad():
+        next(hf_model.parameters()).view(-1)[0] += 1e-3
+    assert weights_sha256(hf_model) != before
+
+
+def test_resuming_with_another_checkpoint_is_refused(omni, other_omni, rows, tmp_path):
+    out = tmp_path / "captions.jsonl"
+    caption_manifest(omni[2], rows[:1], out, prompts=PROMPTS[:1], max_new_tokens=TOKENS, checkpoint="model-A")
+    with pytest.raises(InputError, match="another checkpoint"):
+        caption_manifest(other_omni, rows, out, prompts=PROMPTS[:1], max_new_tokens=TOKENS, checkpoint="model-B")
+    assert len(out.read_text().splitlines()) == 1
+    # the same weights under another name (a moved folder) resume
+    report = caption_manifest(omni[2], rows, out, prompts=PROMPTS[:1], max_new_tokens=TOKENS, checkpoint="moved/A")
+    assert (report.written, report.already_done) == (1, 1)

@@ -169,7 +169,7 @@ def test_score_captions_writes_one_row_per_sample_prompt_modality(tmp_path):
     assert len(rows) == 11
     row = next(r for r in rows if r["sample_id"] == "s3" and r["modality"] == "audio")
     assert row == {"sample_id": "s3", "prompt": "Describe what you see and hear.", "modality": "audio",
-                   "caption_model": "omni-3b", "counterfactual": True, "status": "ok", "score": 0.4,
+                   "caption_model": "omni-3b", "caption_model_hash": None, "counterfactual": True, "status": "ok", "score": 0.4,
                    "reasoning": "scripted", "attempts": 1, "judge_model": "scripted-judge", "error": None,
                    "raw": None}
 
@@ -244,3 +244,19 @@ def test_the_manifest_is_validated_as_caption_and_build_do(tmp_path):
         score_captions(manifest, captions, tmp_path / "o.jsonl", Judge(ScriptedBackend()))
     with pytest.raises(InputError, match=r"manifest not found"):
         score_captions(tmp_path / "nope.jsonl", captions, tmp_path / "o.jsonl", Judge(ScriptedBackend()))
+
+
+def test_captions_of_another_checkpoint_are_scored_not_taken_for_done(tmp_path):
+    manifest, captions = write_inputs(tmp_path, n=3)
+    out = tmp_path / "scores.jsonl"
+    first = [{**row, "model_hash": "a" * 64} for row in iter_rows(captions)]
+    second = tmp_path / "captions_b.jsonl"
+    append_rows(second, [{**row, "model_hash": "b" * 64} for row in first])  # same name, other weights
+    captions.write_text("")
+    append_rows(captions, first)
+    assert score_captions(manifest, captions, out, Judge(ScriptedBackend())).scored == 5
+    summary = score_captions(manifest, second, out, Judge(ScriptedBackend()))
+    assert (summary.scored, summary.skipped_existing) == (5, 0)
+    rows = load_scores(out)
+    assert len(rows) == 10
+    assert {r["caption_model_hash"] for r in rows} == {"a" * 64, "b" * 64}

@@ -6,11 +6,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from hooked_av.analysis.knockout import PAPER_PROMPTS
+from hooked_av.data.checkpoint import describe_checkpoint
 from hooked_av.data.jsonl import append_rows, iter_rows, read_done
 from hooked_av.data.manifest import ManifestRow, load_sample
 from hooked_av.data.media import load_video
@@ -24,9 +26,21 @@ class CaptionRow:
     sample_id: str
     prompt: str
     caption: str
-    family: str
-    max_new_tokens: int
     counterfactual: bool
+    # the checkpoint (hooked_av.data.checkpoint.CheckpointInfo) ...
+    model: str
+    model_hash: str
+    family: str
+    dtype: str
+    hooked_av_version: str
+    # ... and the generation settings (decoding is greedy)
+    max_new_tokens: int
+    fps: float
+    use_audio: bool
+
+
+# the fields a resumed file must share with the run: same weights, same generation settings
+RUN_FIELDS = ("model_hash", "max_new_tokens", "fps", "use_audio")
 
 
 @dataclass
@@ -39,20 +53,25 @@ class CaptionRunReport:
 
 def caption_manifest(model, manifest_rows: Sequence[ManifestRow], out_path: str | Path, *,
                      prompts: Sequence[str] = PAPER_PROMPTS, max_new_tokens: int = 64, fps: float = 2.0,
-                     sampling_rate: int = 16000, use_audio: bool = True) -> CaptionRunReport:
+                     sampling_rate: int = 16000, use_audio: bool = True,
+                     checkpoint: str | None = None) -> CaptionRunReport:
     """One JSONL row per (sample, prompt): the model's greedy caption, written with flush + fsync as it is made.
 
-    Rerunning on the same file skips the rows already there (a torn last line from a kill is cut first), so the
-    file ends with each (sample, prompt) exactly once. A sample whose media cannot be read, or that the model
-    refuses, is logged, recorded in `<out>.errors.jsonl` and skipped; a rerun tries it again. The sound is
-    interleaved in the video block (use_audio_in_video) when it is the video's own track (audio = "video"),
-    else given as a separate audio input; use_audio=False captions frames only (vision-only models, Qwen2.5-VL).
+    Every row records the checkpoint (`checkpoint`: its folder or name, default the HF config's name_or_path; the
+    sha256 of its weights; dtype; hooked_av version) and the generation settings. Rerunning on the same file
+    skips the rows already there (a torn last line from a kill is cut first), so the file ends with each
+    (sample, prompt) exactly once; resuming with other weights or settings is refused. A sample whose media
+    cannot be read, or that the model refuses, is logged, recorded in `<out>.errors.jsonl` and skipped; a rerun
+    tries it again. The sound is interleaved in the video block (use_audio_in_video) when it is the video's own
+    track (audio = "video"), else given as a separate audio input; use_audio=False captions frames only
+    (vision-only models, Qwen2.5-VL).
     """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     errors_path = out_path.with_name(out_path.name + ".errors.jsonl")
-    family = model.cfg.family
-    check_same_run(out_path, family, max_new_tokens)
+    info = describe_checkpoint(model, checkpoint)
+    settings = {"max_new_tokens": max_new_tokens, "fps": float(fps), "use_audio": use_audio}
+    check_same_run(out_path, {"model_hash": info.model_hash, **settings}, info.model)
     done = read_done(out_path, lambda r: (r["sample_id"], r["prompt"]))
     report = CaptionRunReport(out_path, 0, 0, [])
     for row in tqdm(manifest_rows, desc="captioning", unit="sample"):
@@ -73,8 +92,8 @@ def caption_manifest(model, manifest_rows: Sequence[ManifestRow], out_path: str 
             except HookedAVError as err:
                 record_error(errors_path, report, row.sample_id, prompt, err)
                 continue
-            append_rows(out_path, [asdict(CaptionRow(row.sample_id, prompt, text, family, max_new_tokens,
-                                                     row.counterfactual))])
+            append_rows(out_path, [asdict(CaptionRow(row.sample_id, prompt, text, row.counterfactual,
+                                                     **asdict(info), **settings))])
             done.add((row.sample_id, prompt))
             report.written += 1
     return report
@@ -88,13 +107,23 @@ def load_media(row: ManifestRow, fps: float, sampling_rate: int,
     return sample.frames, sample.audio
 
 
-def check_same_run(out_path: Path, family: str, max_new_tokens: int) -> None:
-    """Refuse to resume a file written by another model family or token budget: its rows would be skipped as done
-    and the file would mix two settings."""
-    first = next(iter_rows(out_path), None)
-    if first is not None and (first.get("family"), first.get("max_new_tokens")) != (family, max_new_tokens):
-        raise InputError(f"{out_path} holds captions of family {first.get('family')!r} with max_new_tokens="
-                         f"{first.get('max_new_tokens')}, not {family!r} / {max_new_tokens}: write to another file")
+def check_same_run(out_path: Path, run: dict[str, Any], model: str) -> None:
+    """Refuse to resume a file written by another checkpoint or with other generation settings: its rows would be
+    skipped as done and the file would mix two runs. The weights hash decides, so a moved folder resumes."""
+    for number, row in enumerate(iter_rows(out_path), start=1):
+        written = {name: row.get(name) for name in run}
+        if written == run:
+            continue
+        if written["model_hash"] is None:
+            raise InputError(f"{out_path}:{number} holds captions without a checkpoint record (written by an "
+                             f"older hooked_av), so a resume cannot tell whose they are: write to another file")
+        if written["model_hash"] != run["model_hash"]:
+            raise InputError(f"{out_path}:{number} holds captions of another checkpoint ({row.get('model')!r}, "
+                             f"weights sha256 {str(written['model_hash'])[:12]}...) than {model!r} (sha256 "
+                             f"{run['model_hash'][:12]}...): write to another file")
+        name = next(n for n in run if written[n] != run[n])
+        raise InputError(f"{out_path}:{number} holds captions made with {name} {written[name]}, not {run[name]}: "
+                         f"rerun with the file's settings, or write to another file")
 
 
 def record_error(errors_path: Path, report: CaptionRunReport, sample_id: str, prompt: str | None,

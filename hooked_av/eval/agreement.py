@@ -27,7 +27,7 @@ from hooked_av.eval.judge import OK
 from hooked_av.eval.scores import load_scores
 
 REQUIRED_COLUMNS = ("sample_id", "modality", "human_score")
-OPTIONAL_KEY_COLUMNS = ("prompt", "caption_model")
+OPTIONAL_KEY_COLUMNS = ("prompt", "caption_model", "caption_model_hash")
 MIN_PAIRS = 3
 
 

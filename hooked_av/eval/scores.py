@@ -2,12 +2,13 @@
 
 Inputs are plain JSONL written by hooked_av/data (read here as dicts):
 - manifest row: sample_id, audio_captions (list of human captions), video_caption (str or null), counterfactual;
-- captions row: sample_id, prompt, caption, model, counterfactual (hooked_av.data.caption_run), a knockout
+- captions row: sample_id, prompt, caption, model, model_hash, counterfactual (hooked_av.data.caption_run), a knockout
   sweep row: sample_id, prompt, source, centre_layer, text (hooked_av.analysis.knockout), one per configuration,
   or a logit-lens word-set row: sample_id, prompt, words (hooked_av.analysis.logit_lens.latent_words_run), scored
   with modalities=("latent_audio",).
-Output row: sample_id, prompt, modality, caption_model, counterfactual (from the manifest when the captions row has
-none), [source, centre_layer for sweep rows], status, score, reasoning, attempts, judge_model, error, raw (raw only
+Output row: sample_id, prompt, modality, caption_model, caption_model_hash (the captions row's model and
+model_hash: two checkpoints' captions of one sample are two keys), counterfactual (from the manifest when the
+captions row has none), [source, centre_layer for sweep rows], status, score, reasoning, attempts, judge_model, error, raw (raw only
 on failures, to keep the file small).
 
 Rows are appended after every chunk, so an interrupted run loses at most one chunk of work (and its judge
@@ -35,7 +36,7 @@ CAPTION_FIELDS = ("sample_id", "prompt")
 TEXT_FIELDS = ("caption", "text", "words")  # captions rows / knockout sweep rows / logit-lens word sets
 VARIANT_FIELDS = ("source", "centre_layer")  # a knockout sweep has one caption per configuration
 
-ScoreKey = tuple[str, ...]  # (sample_id, prompt, modality, caption_model, source, centre_layer)
+ScoreKey = tuple[str, ...]  # (sample_id, prompt, modality, caption_model, caption_model_hash, source, centre_layer)
 
 
 @dataclass
@@ -48,7 +49,8 @@ class ScoreSummary:
 
 def score_key(row: dict[str, Any]) -> ScoreKey:
     return (str(row["sample_id"]), str(row.get("prompt") or ""), str(row["modality"]),
-            str(row.get("caption_model") or ""), *(str(row.get(f)) for f in VARIANT_FIELDS))
+            str(row.get("caption_model") or ""), str(row.get("caption_model_hash") or ""),
+            *(str(row.get(f)) for f in VARIANT_FIELDS))
 
 
 def load_scores(path: str | Path) -> list[dict[str, Any]]:
@@ -91,7 +93,7 @@ def caption_text(row: dict[str, Any], source: Path) -> str:
 
 def score_row(caption: dict[str, Any], sample: dict[str, Any], modality: str, result: JudgeResult) -> dict[str, Any]:
     return {"sample_id": caption["sample_id"], "prompt": caption["prompt"], "modality": modality,
-            "caption_model": caption.get("model"),
+            "caption_model": caption.get("model"), "caption_model_hash": caption.get("model_hash"),
             "counterfactual": caption.get("counterfactual", sample.get("counterfactual")),
             **{f: caption[f] for f in VARIANT_FIELDS if f in caption}, "status": result.status, "score": result.score, "reasoning": result.reasoning,
             "attempts": result.attempts, "judge_model": result.judge_model, "error": result.error,
@@ -117,7 +119,8 @@ def score_captions(manifest_path: str | Path, captions_path: str | Path, out_pat
         if sample is None:
             raise EvalDataError(f"{captions_path}: sample {caption['sample_id']!r} is not in {manifest_path}")
         for modality in modalities:
-            key = score_key({**caption, "modality": modality, "caption_model": caption.get("model")})
+            key = score_key({**caption, "modality": modality, "caption_model": caption.get("model"),
+                             "caption_model_hash": caption.get("model_hash")})
             refs = references(sample, modality)
             if key in done:
                 summary.skipped_existing += 1
