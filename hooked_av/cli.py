@@ -1,32 +1,33 @@
-"""Command line: `hooked-av demo` runs a hooked model on a clip ("describe what you see and hear")."""
+"""Command line `hooked-av`: `demo` runs a hooked model on synthetic media or a clip; the data, judge and analysis
+commands are registered by their packages. A user mistake ends in one line on stderr and exit status 1;
+`--debug` shows the traceback instead."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
-import torch
+from tqdm.contrib.logging import logging_redirect_tqdm
 
+from hooked_av.model.errors import HookedAVError
 
-def _load(args: argparse.Namespace):
-    from hooked_av import HookedAVModel
-
-    if args.model:
-        dtype = getattr(torch, args.dtype) if args.dtype else None
-        return HookedAVModel.from_pretrained(args.model, device=args.device, dtype=dtype)
-    from hooked_av.testing.tiny import tiny_omni_thinker
-
-    hf_model, processor = tiny_omni_thinker()
-    print("model: tiny random-weight Qwen2.5-Omni thinker built offline (pass --model FOLDER for a checkpoint)")
-    return HookedAVModel.from_hf_model(hf_model.to(args.device or "cpu"), processor)
+# What a user can act on: the library's typed errors (each names the problem and what to do) and the operating
+# system's (a path that is missing, not writable, a directory, ...). Anything else is a bug and keeps its traceback.
+USER_ERRORS = (HookedAVError, OSError)
+ERROR_EXIT = 1
 
 
 def demo(args: argparse.Namespace) -> int:
+    from hooked_av.data.cli import load_model
     from hooked_av.testing.tiny import synthetic_audio, synthetic_video
 
-    model = _load(args)
+    model = load_model(args)
+    if args.model == "tiny":
+        print("model: tiny random-weight Qwen2.5-Omni thinker built offline (pass --model FOLDER for a checkpoint)")
     video = args.video if args.video else synthetic_video(seconds=4.0, fps=args.fps)
     audio = args.audio if args.audio else (None if args.video else synthetic_audio(seconds=4.0))
+    print("input:", describe_inputs(args))
     batch = model.prepare_inputs(args.prompt, video=video, audio=audio, fps=args.fps,
                                  use_audio_in_video=args.use_audio_in_video)
     out = model.generate(batch, max_new_tokens=args.max_new_tokens)
@@ -44,27 +45,70 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hooked-av", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="generate a caption with a hooked model and cache its residual stream")
-    p.add_argument("--model", help="local HF checkpoint folder (default: a tiny model built offline)")
-    p.add_argument("--video", help="video file (default: synthetic frames)")
-    p.add_argument("--audio", help="audio file (default: the synthetic tone, or none with --video)")
-    p.add_argument("--use-audio-in-video", action="store_true", help="interleave the video's own sound track")
-    p.add_argument("--prompt", default="Describe what you see and hear.")
-    p.add_argument("--fps", type=float, default=2.0)
-    p.add_argument("--max-new-tokens", type=int, default=16)
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None, help="e.g. bfloat16")
-    p.set_defaults(func=demo)
+def describe_inputs(args: argparse.Namespace) -> str:
+    if not args.video:
+        return f"synthetic random frames (4 s) and {args.audio or 'a synthetic 440 Hz tone'}"
+    return f"{args.video} with {args.audio or ('its own sound track' if args.use_audio_in_video else 'no sound')}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hooked_av.data.cli import add_dtype_option, positive
     from hooked_av.data.cli import add_subcommands as add_data_commands
     from hooked_av.eval.cli import add_subcommands as add_eval_commands
 
+    parser = argparse.ArgumentParser(prog="hooked-av", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("demo", help="generate a caption with a hooked model and cache its residual stream",
+                       description="Generate with a hooked model (default: the tiny random-weight Omni thinker "
+                                   "built offline) on synthetic random frames and a tone, or on --video / --audio, "
+                                   "then print the residual-stream norm per layer and modality.")
+    p.add_argument("--model", default="tiny", help="local HF checkpoint folder (default: a tiny model built offline)")
+    p.add_argument("--video", help="video file (default: synthetic random frames)")
+    p.add_argument("--audio", help="audio file (default: the synthetic tone, or none with --video)")
+    p.add_argument("--use-audio-in-video", action="store_true", help="interleave the video's own sound track")
+    p.add_argument("--prompt", default="Describe what you see and hear.")
+    p.add_argument("--fps", type=positive(float), default=2.0)
+    p.add_argument("--max-new-tokens", type=positive(int), default=16)
+    p.add_argument("--device", default=None)
+    add_dtype_option(p)
+    p.set_defaults(func=demo)
     add_data_commands(sub)
     add_eval_commands(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    for command in sub.choices.values():  # `hooked-av COMMAND ... --debug` works too, for every command
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return parser
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message on one line (a multi-line message, e.g. FFmpeg's stderr, is joined with ' | ')."""
+    text = " | ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    if isinstance(err, OSError) and not isinstance(err, HookedAVError) and err.filename is not None:
+        text = f"{err.strerror or text}: {err.filename}"
+    return text or type(err).__name__
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed command; a user error becomes one line on stderr and ERROR_EXIT unless args.debug."""
+    if not logging.root.handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        with logging_redirect_tqdm():  # log lines go through tqdm.write, never onto a progress bar
+            return args.func(args)
+    except USER_ERRORS as err:
+        if args.debug:
+            raise
+        print(f"hooked-av: error: {one_line(err)}", file=sys.stderr)
+        return ERROR_EXIT
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("hooked-av: interrupted (the long-running commands resume when run again)", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

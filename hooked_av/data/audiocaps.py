@@ -101,4 +101,9 @@ def import_audiocaps(csv_paths: Sequence[str | Path], clips_dir: str | Path, out
     if missing:
         log.warning("%d of %d AudioCaps clips are missing from %s", len(missing), len(missing) + len(rows),
                     clips_dir)
+    if not missing and not rows:
+        raise InputError(f"the AudioCaps CSV(s) list no clips: {', '.join(map(str, csv_paths))}")
+    if not rows:
+        raise InputError(f"none of the {len(missing)} clips of the CSV is in {clips_dir} (looked for e.g. "
+                         f"{missing[0][1].name}): check --clips, and --pattern for the file naming")
     return ImportReport(write_manifest(out_manifest, rows), rows, missing, caption_errors)

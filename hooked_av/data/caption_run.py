@@ -13,12 +13,16 @@ from tqdm.auto import tqdm
 
 from hooked_av.analysis.knockout import PAPER_PROMPTS
 from hooked_av.data.checkpoint import describe_checkpoint
-from hooked_av.data.jsonl import append_rows, iter_rows, read_done
+from hooked_av.data.jsonl import append_rows, iter_rows, output_file, read_done
 from hooked_av.data.manifest import ManifestRow, load_sample
 from hooked_av.data.media import load_video
 from hooked_av.model.errors import HookedAVError, InputError
 
 log = logging.getLogger(__name__)
+
+
+class CaptionRunError(HookedAVError, RuntimeError):
+    """A caption run that produced nothing: every sample failed (the errors file says why)."""
 
 
 @dataclass
@@ -66,9 +70,12 @@ def caption_manifest(model, manifest_rows: Sequence[ManifestRow], out_path: str 
     track (audio = "video"), else given as a separate audio input; use_audio=False captions frames only
     (vision-only models, Qwen2.5-VL).
     """
-    out_path = Path(out_path)
+    out_path = output_file(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     errors_path = out_path.with_name(out_path.name + ".errors.jsonl")
+    if use_audio and "audio" not in model.adapter.spec.placeholders:
+        raise InputError(f"{model.cfg.family} has no audio input: caption its frames only (use_audio=False; "
+                         f"on the command line --no-audio)")
     info = describe_checkpoint(model, checkpoint)
     settings = {"max_new_tokens": max_new_tokens, "fps": float(fps), "use_audio": use_audio}
     check_same_run(out_path, {"model_hash": info.model_hash, **settings}, info.model)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from hooked_av.analysis.knockout import PAPER_PROMPTS
@@ -24,14 +25,14 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--captioner-model", default="gpt-4.1", help="vision model name (default: %(default)s)")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     p.add_argument("--cache-dir", type=Path, help="caption cache (default: <out folder>/caption_cache)")
-    p.add_argument("--caption-frames", type=int, default=8, help="frames sent per clip (default: %(default)s)")
-    p.add_argument("--caption-fps", type=float, default=1.0, help="frame sampling for captioning")
+    p.add_argument("--caption-frames", type=positive(int), default=8, help="frames sent per clip (default: %(default)s)")
+    p.add_argument("--caption-fps", type=positive(float), default=1.0, help="frame sampling for captioning")
     p.set_defaults(func=audiocaps_import)
 
     p = subparsers.add_parser("build-counterfactuals",
                               help="Algorithm 1: least-similar audio/video pairs, audio swapped with FFmpeg")
     p.add_argument("--manifest", required=True, type=Path, help="factual manifest with video captions")
-    p.add_argument("--k", type=int, default=250, help="pairs kept (default: %(default)s, the paper's)")
+    p.add_argument("--k", type=positive(int), default=250, help="pairs kept (default: %(default)s, the paper's)")
     p.add_argument("--out-dir", required=True, type=Path, help="gets clips/ and manifest.jsonl")
     p.add_argument("--target-similarity", type=float, help="keep the K pairs nearest this similarity instead")
     p.add_argument("--embedder", help="local sentence-transformers model folder (default: the shipped "
@@ -49,12 +50,34 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
                    help="local HF checkpoint folder, or 'tiny' for the offline random-weight model (smoke tests)")
     p.add_argument("--prompt", action="append", dest="prompts",
                    help="repeatable; default: the paper's three prompts")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--fps", type=float, default=2.0)
+    p.add_argument("--max-new-tokens", type=positive(int), default=64)
+    p.add_argument("--fps", type=positive(float), default=2.0)
     p.add_argument("--no-audio", action="store_true", help="frames only (vision-only models such as Qwen2.5-VL)")
     p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None, help="e.g. bfloat16")
+    add_dtype_option(p)
     p.set_defaults(func=caption_cmd)
+
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def positive(kind: type) -> Callable[[str], int | float]:
+    """argparse type: a number of `kind` greater than zero (counts, rates, durations)."""
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def add_dtype_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dtype", choices=DTYPES, default=None,
+                        help="weights dtype (default: the checkpoint's own); bfloat16 on a GPU")
 
 
 def audiocaps_import(args: argparse.Namespace) -> int:
@@ -93,18 +116,24 @@ def build_counterfactuals_cmd(args: argparse.Namespace) -> int:
 
 
 def caption_cmd(args: argparse.Namespace) -> int:
-    from hooked_av.data.caption_run import caption_manifest
+    from hooked_av.data.caption_run import CaptionRunError, caption_manifest
     from hooked_av.data.manifest import read_manifest
 
-    report = caption_manifest(load_model(args), read_manifest(args.manifest), args.out,
-                              prompts=tuple(args.prompts or PAPER_PROMPTS), max_new_tokens=args.max_new_tokens,
-                              fps=args.fps, use_audio=not args.no_audio)
+    rows = read_manifest(args.manifest)  # before the model: a bad manifest should not wait for a checkpoint load
+    report = caption_manifest(load_model(args), rows, args.out, prompts=tuple(args.prompts or PAPER_PROMPTS),
+                              max_new_tokens=args.max_new_tokens, fps=args.fps, use_audio=not args.no_audio,
+                              checkpoint=args.model)
+    errors_file = f"{report.out_path.name}.errors.jsonl"
     print(f"{report.out_path}: {report.written} captions written, {report.already_done} already there, "
-          f"{len(report.errors)} skipped (see {report.out_path.name}.errors.jsonl)")
+          f"{len(report.errors)} skipped (see {errors_file})")
+    if report.errors and not report.written and not report.already_done:
+        raise CaptionRunError(f"every sample failed ({len(report.errors)} errors in {errors_file}; the first: "
+                              f"{report.errors[0][2]})")
     return 0
 
 
 def load_model(args: argparse.Namespace):
+    """The model of --model (a checkpoint folder, or 'tiny': the offline random-weight Omni thinker)."""
     import torch
 
     from hooked_av import HookedAVModel

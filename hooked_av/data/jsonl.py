@@ -17,7 +17,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from hooked_av.model.errors import HookedAVError
+from hooked_av.model.errors import HookedAVError, InputError
 
 try:
     import fcntl
@@ -56,6 +56,14 @@ def iter_rows(path: str | Path) -> Iterator[dict[str, Any]]:
                 raise JSONLError(f"{path}:{number}: a JSON {type(row).__name__}, not an object: {line[:80]!r}; "
                                  f"fix or delete the line")
             yield row
+
+
+def output_file(path: str | Path) -> Path:
+    """`path` as the file a run writes to; InputError before any work if it names a folder."""
+    path = Path(path)
+    if path.is_dir() or not path.name:
+        raise InputError(f"{path} is a folder: give the path of the JSONL file to write")
+    return path
 
 
 def read_done(path: str | Path, key: Callable[[dict[str, Any]], Hashable]) -> set:

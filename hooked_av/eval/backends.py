@@ -169,10 +169,15 @@ class TransformersBackend:
         self.device = device
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
-        self.tokenizer = AutoTokenizer.from_pretrained(model, padding_side="left", **load)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model, padding_side="left", **load)
+            self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, **load).to(device).eval()
+        except OSError as err:  # transformers' words for "not on this machine" speak of the internet
+            where = "files" if local_files_only else "files or the Hub"
+            raise MissingDependencyError(f"cannot load the judge model {str(model)!r} from local {where}: give a "
+                                         f"local model folder (or an HF id already in the HF cache)") from err
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, **load).to(device).eval()
 
     def complete(self, prompts: list[str]) -> list[str]:
         return [answer for start in range(0, len(prompts), self.batch_size)

@@ -8,7 +8,9 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+from hooked_av.data.cli import positive
 from hooked_av.eval.scores import FIDELITY_RUBRICS
+from hooked_av.model.errors import InputError
 from hooked_av.eval.backends import JudgeBackend, OpenAICompatibleBackend, TransformersBackend, VLLMBackend
 
 DEFAULT_MAX_TOKENS = {"transformers": 256, "openai": 2048, "vllm": 2048}  # reasoning judges need room to think
@@ -31,10 +33,10 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", help="judge answer cache JSONL (default: <out>.cache.jsonl)")
     p.add_argument("--modalities", nargs="+", choices=sorted(FIDELITY_RUBRICS), default=["audio", "video"],
                    help="latent_audio scores logit-lens word sets (rows with a words field)")
-    p.add_argument("--max-attempts", type=int, default=3, help="answers read per request before a failure record")
-    p.add_argument("--batch-size", type=int, default=16, help="prompts per backend call")
-    p.add_argument("--max-tokens", type=int, help="answer token limit (default: 256 transformers, 2048 servers)")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds per HTTP request (openai)")
+    p.add_argument("--max-attempts", type=positive(int), default=3, help="answers read per request before a failure record")
+    p.add_argument("--batch-size", type=positive(int), default=16, help="prompts per backend call")
+    p.add_argument("--max-tokens", type=positive(int), help="answer token limit (default: 256 transformers, 2048 servers)")
+    p.add_argument("--timeout", type=positive(float), default=300.0, help="seconds per HTTP request (openai)")
     p.add_argument("--no-think", action="store_true", help="chat template enable_thinking=False (Qwen3; openai, vllm)")
     p.add_argument("--retry-failed", action="store_true", help="score failure records of --out again")
     p.add_argument("--device", default="cpu", help="device of the transformers backend")
@@ -46,7 +48,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
                                           "modality.")
     a.add_argument("--human", required=True, help="human ratings CSV")
     a.add_argument("--scores", required=True, help="score JSONL written by `hooked-av judge`")
-    a.add_argument("--n-boot", type=int, default=2000)
+    a.add_argument("--n-boot", type=positive(int), default=2000)
     a.add_argument("--confidence", type=float, default=0.95)
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--out", help="also write the report as JSON here")
@@ -60,7 +62,7 @@ def make_backend(args: argparse.Namespace) -> JudgeBackend:
         return TransformersBackend(args.model, gguf_file=args.gguf_file, device=args.device,
                                    max_new_tokens=max_tokens, batch_size=args.batch_size)
     if not args.model:
-        raise SystemExit(f"--backend {args.backend} needs --model (e.g. Qwen/Qwen3-32B)")
+        raise InputError(f"--backend {args.backend} needs --model: the served model name (e.g. Qwen/Qwen3-32B)")
     if args.backend == "openai":
         return OpenAICompatibleBackend(args.base_url, args.model, api_key=os.environ.get(args.api_key_env),
                                        timeout=args.timeout, max_tokens=max_tokens,

@@ -26,7 +26,7 @@ from typing import Any
 
 from hooked_av.eval.errors import EvalDataError
 from hooked_av.eval.judge import FAILED, Judge, JudgeRequest, JudgeResult
-from hooked_av.data.jsonl import append_rows, iter_rows
+from hooked_av.data.jsonl import append_rows, iter_rows, output_file
 from hooked_av.data.manifest import read_manifest
 from hooked_av.eval.rubric import AUDIO_FIDELITY, LATENT_AUDIO, VIDEO_FIDELITY
 
@@ -104,7 +104,7 @@ def score_captions(manifest_path: str | Path, captions_path: str | Path, out_pat
                    modalities: Sequence[str] = ("audio", "video"), chunk_size: int = 64,
                    retry_failed: bool = False) -> ScoreSummary:
     """Judge every caption for each modality and append the score rows to out_path (see module docstring)."""
-    manifest_path, captions_path, out_path = Path(manifest_path), Path(captions_path), Path(out_path)
+    manifest_path, captions_path, out_path = Path(manifest_path), Path(captions_path), output_file(out_path)
     unknown = set(modalities) - FIDELITY_RUBRICS.keys()
     if unknown:
         raise EvalDataError(f"unknown modalities {sorted(unknown)}; choose from {sorted(FIDELITY_RUBRICS)}")
