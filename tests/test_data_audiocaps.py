@@ -103,3 +103,22 @@ def test_bad_csvs_are_input_errors(tmp_path):
     with pytest.raises(InputError, match="clips folder not found"):
         import_audiocaps([bad], tmp_path / "nope", tmp_path / "m.jsonl")
 
+
+
+def test_clips_without_sound_or_undecodable_are_reported_and_kept_out(audiocaps, caplog):
+    write_clip(audiocaps / "clips" / "UDGBjjwyaqE_20.mp4", seconds=1.0, with_audio=False)
+    (audiocaps / "clips" / "-rgeh6Lb2L8_30.mp4").write_bytes(b"\x00 not a video" * 40)
+    report = import_audiocaps([audiocaps / "audiocaps.csv"], audiocaps / "clips", audiocaps / "manifest.jsonl",
+                              captioner=FrameCounter())
+    assert [r.sample_id for r in read_manifest(report.manifest)] == ["r1nicOVtvkQ_130"]
+    assert [sid for sid, _ in report.bad_media] == ["UDGBjjwyaqE_20", "-rgeh6Lb2L8_30"]
+    assert "has no audio stream" in report.bad_media[0][1] and "cannot decode" in report.bad_media[1][1]
+    assert report.caption_errors == [] and "UDGBjjwyaqE_20" in caplog.text
+
+
+def test_an_import_with_no_usable_clip_is_an_error(audiocaps):
+    for clip in (audiocaps / "clips").iterdir():
+        clip.write_bytes(b"broken")
+    with pytest.raises(InputError, match="none of the 3 clips"):
+        import_audiocaps([audiocaps / "audiocaps.csv"], audiocaps / "clips", audiocaps / "manifest.jsonl")
+    assert not (audiocaps / "manifest.jsonl").exists()

@@ -11,8 +11,10 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from hooked_av.data.captioner import Captioner
+from hooked_av.data.jsonl import output_file
 from hooked_av.data.manifest import AUDIO_FROM_VIDEO, ManifestRow, write_manifest
 from hooked_av.data.media import load_video
+from hooked_av.data.probe import media_problems
 from hooked_av.model.errors import HookedAVError, InputError
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ class ImportReport:
     manifest: Path
     rows: list[ManifestRow]
     missing: list[tuple[str, Path]]          # (sample_id, the file that was looked for)
+    bad_media: list[tuple[str, str]]         # (sample_id, problems): found but unusable, left out of the manifest
     caption_errors: list[tuple[str, str]]    # (sample_id, message)
 
 
@@ -75,22 +78,33 @@ def import_audiocaps(csv_paths: Sequence[str | Path], clips_dir: str | Path, out
     """Write a manifest of factual rows (audio = the clip's own track) for the clips found in `clips_dir`.
 
     Missing clips are logged and returned, not fatal: AudioCaps is scraped from YouTube and some videos are gone.
-    With a captioner, each clip's frames sampled at `caption_fps` are captioned into `video_caption`; a clip that
-    cannot be decoded or captioned keeps a null caption and is reported.
+    Every clip found is checked (hooked_av.data.probe): one that does not decode to the end, has no video or no
+    audio stream (the sample's sound is its own track) or states no duration is logged, returned in `bad_media`
+    and left out. With a captioner, each clip's frames sampled at `caption_fps` are captioned into
+    `video_caption`; a clip the captioner fails on keeps a null caption and is reported. InputError when no clip
+    is usable (no manifest is written).
     """
     clips_dir = Path(clips_dir)
     if not clips_dir.is_dir():
         raise InputError(f"clips folder not found: {clips_dir}")
+    out_manifest = output_file(out_manifest)
     rows: list[ManifestRow] = []
     missing: list[tuple[str, Path]] = []
+    bad_media: list[tuple[str, str]] = []
     caption_errors: list[tuple[str, str]] = []
-    for clip in tqdm(read_audiocaps_csv(csv_paths), desc="audiocaps import", unit="clip"):
+    clips = read_audiocaps_csv(csv_paths)
+    for clip in tqdm(clips, desc="audiocaps import", unit="clip"):
         path = clip_path(clips_dir, clip, pattern)
         if not path.is_file():
             log.warning("clip %s missing: %s", clip.sample_id, path)
             missing.append((clip.sample_id, path))
             continue
         row = ManifestRow(clip.sample_id, path.resolve(), AUDIO_FROM_VIDEO, list(clip.captions))
+        problems = media_problems(row)
+        if problems:
+            log.warning("clip %s left out: %s", clip.sample_id, "; ".join(problems))
+            bad_media.append((clip.sample_id, "; ".join(problems)))
+            continue
         if captioner is not None:
             try:
                 row.video_caption = captioner.caption(clip.sample_id, load_video(path, fps=caption_fps))
@@ -99,11 +113,12 @@ def import_audiocaps(csv_paths: Sequence[str | Path], clips_dir: str | Path, out
                 caption_errors.append((clip.sample_id, str(err)))
         rows.append(row)
     if missing:
-        log.warning("%d of %d AudioCaps clips are missing from %s", len(missing), len(missing) + len(rows),
-                    clips_dir)
-    if not missing and not rows:
+        log.warning("%d of %d AudioCaps clips are missing from %s", len(missing), len(clips), clips_dir)
+    if not clips:
         raise InputError(f"the AudioCaps CSV(s) list no clips: {', '.join(map(str, csv_paths))}")
     if not rows:
-        raise InputError(f"none of the {len(missing)} clips of the CSV is in {clips_dir} (looked for e.g. "
-                         f"{missing[0][1].name}): check --clips, and --pattern for the file naming")
-    return ImportReport(write_manifest(out_manifest, rows), rows, missing, caption_errors)
+        example = missing[0][1].name if missing else bad_media[0][1]
+        raise InputError(f"none of the {len(clips)} clips of the CSV is usable: {len(missing)} not in {clips_dir}, "
+                         f"{len(bad_media)} unusable (e.g. {example}): check --clips, and --pattern for the file "
+                         f"naming")
+    return ImportReport(write_manifest(out_manifest, rows), rows, missing, bad_media, caption_errors)

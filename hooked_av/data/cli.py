@@ -43,6 +43,15 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="device of the embedder")
     p.set_defaults(func=build_counterfactuals_cmd)
 
+    p = subparsers.add_parser("check-manifest", help="report every row's problems: fields, duplicates, media",
+                              description="Read a manifest line by line and report every problem of every row: "
+                                          "malformed lines and fields, duplicate sample_ids, media files that are "
+                                          "missing, lack the streams the row claims, do not decode to the end or "
+                                          "state no duration. Exit status 1 when there is any.")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--no-decode", action="store_true", help="open the files and list their streams only (fast)")
+    p.set_defaults(func=check_manifest_cmd)
+
     p = subparsers.add_parser("caption", help="greedy captions of a manifest's samples under each prompt (resumable)")
     p.add_argument("--manifest", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path, help="captions JSONL (rerun to resume)")
@@ -59,6 +68,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
 
 
 DTYPES = ("float32", "float16", "bfloat16")
+ERROR_EXIT = 1  # as hooked_av.cli's: a check that found problems
 
 
 def positive(kind: type) -> Callable[[str], int | float]:
@@ -97,6 +107,8 @@ def audiocaps_import(args: argparse.Namespace) -> int:
     print(f"wrote {len(report.rows)} samples to {report.manifest}")
     for sample_id, path in report.missing:
         print(f"missing clip: {sample_id} ({path})")
+    for sample_id, problems in report.bad_media:
+        print(f"unusable clip, left out: {sample_id}: {problems}")
     for sample_id, message in report.caption_errors:
         print(f"no video caption: {sample_id}: {message}")
     return 0
@@ -113,6 +125,19 @@ def build_counterfactuals_cmd(args: argparse.Namespace) -> int:
     print(f"wrote {len(result.rows)} samples ({len(result.pairs)} counterfactual) to {result.manifest}; "
           f"similarity of the kept pairs {min(scores):.3f}..{max(scores):.3f}, mean {sum(scores) / len(scores):.3f}")
     return 0
+
+
+def check_manifest_cmd(args: argparse.Namespace) -> int:
+    from hooked_av.data.probe import check_manifest
+
+    report = check_manifest(args.manifest, decode=not args.no_decode)
+    for problem in report.problems:
+        print(problem)
+    if not report.problems:
+        print(f"{args.manifest}: {len(report.rows)} rows, no problems")
+        return 0
+    print(f"{args.manifest}: {len(report.problems)} problems in {report.lines} lines ({len(report.rows)} rows read)")
+    return ERROR_EXIT
 
 
 def caption_cmd(args: argparse.Namespace) -> int:
