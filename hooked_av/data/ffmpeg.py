@@ -40,23 +40,14 @@ def run_ffmpeg(args: list[str], timeout_s: float = 600.0) -> None:
 
 def video_duration(path: str | Path) -> float:
     """Seconds of a file's first video stream (the container's duration when the stream does not say)."""
-    import av
+    from hooked_av.data.probe import probe_media
 
-    path = Path(path)
-    if not path.is_file():
-        raise MissingMediaError(f"media file not found: {path}")
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise MissingMediaError(f"{path} has no video stream")
-            stream = container.streams.video[0]
-            if stream.duration is not None and stream.time_base is not None:
-                return float(stream.duration * stream.time_base)
-            if container.duration is not None:
-                return container.duration / av.time_base
-    except av.error.FFmpegError as err:
-        raise MissingMediaError(f"cannot decode {path}: {err}") from err
-    raise MissingMediaError(f"{path}: the video stream does not state its duration")
+    info = probe_media(path, decode=False)
+    if not info.has_video:
+        raise MissingMediaError(f"{path} has no video stream")
+    if info.duration is None:
+        raise MissingMediaError(f"{path}: the video stream does not state its duration")
+    return info.duration
 
 
 def swap_audio(video: str | Path, audio: str | Path, out: str | Path, audio_bitrate: str = "128k") -> Path:
