@@ -143,3 +143,27 @@ def test_a_judge_model_that_is_not_on_this_machine(manifest, tmp_path, capsys):
 def test_an_output_path_that_is_a_folder(manifest, tmp_path, capsys):
     code, err = run_main(["caption", "--manifest", manifest, "--out", tmp_path, "--model", "tiny"], capsys)
     assert_one_line_error(code, err, "is a folder")
+
+
+def test_log_lines_are_written_through_tqdm_not_onto_a_bar(tmp_path, capsys, monkeypatch):
+    import logging
+
+    from tqdm import tqdm
+
+    written = []
+    monkeypatch.setattr(tqdm, "write", classmethod(lambda cls, s, file=None, end="\n", nolock=False:
+                                                   written.append(s)))
+    path = tmp_path / "manifest.jsonl"
+    write_clip(tmp_path / "a.mp4", seconds=1.0)
+    append_rows(path, [{"sample_id": s, "video": f"{s}.mp4", "audio": "video", "audio_captions": ["x"],
+                        "counterfactual": False} for s in ("a", "gone")])
+    handler = logging.StreamHandler()  # a console handler, as a user's logging setup has
+    logging.root.addHandler(handler)
+    try:
+        code, err = run_main(["caption", "--manifest", path, "--out", tmp_path / "c.jsonl", "--model", "tiny",
+                              "--max-new-tokens", "2", "--prompt", "Describe."], capsys)
+    finally:
+        logging.root.removeHandler(handler)
+    assert code == 0 and "captioning: 100%" in err and "2/2" in err
+    assert any("skipping sample gone" in line for line in written)
+    assert "skipping sample gone" not in err  # only through tqdm.write

@@ -260,3 +260,10 @@ def test_captions_of_another_checkpoint_are_scored_not_taken_for_done(tmp_path):
     rows = load_scores(out)
     assert len(rows) == 10
     assert {r["caption_model_hash"] for r in rows} == {"a" * 64, "b" * 64}
+
+
+def test_the_judges_generation_shows_progress_over_its_batches(capsys):
+    judge = Judge(ScriptedBackend(), batch_size=2)
+    judge.score_many([JudgeRequest(AUDIO_FIDELITY, ("a dog barks",), "c" * i) for i in range(1, 7)])
+    err = capsys.readouterr().err
+    assert "judge scripted-judge" in err and "0/6" in err  # a bar over all 6 prompts (3 batches)

@@ -19,7 +19,7 @@ from hooked_av.eval.cli import add_subcommands
 from hooked_av.eval.errors import JudgeBackendError
 from hooked_av.eval.judge import Judge
 from hooked_av.eval.rubric import AUDIO_FIDELITY
-from hooked_av.eval.scores import load_scores
+from hooked_av.eval.scores import load_scores, score_captions
 
 GOOD_ANSWER = '{"reasoning": "the dog bark is described", "score": 0.75}'
 SLOW_S = 1.5  # longer than the client timeout used below
@@ -38,6 +38,8 @@ def respond(scenario: str, body: dict, n: int):
     if scenario == "missing":
         return 404, {"error": "no such model"}, 0.0
     content = "I think the caption is great!" if scenario == "badjson" else GOOD_ANSWER
+    if scenario == "hung":
+        return 200, chat_answer(GOOD_ANSWER), 3.0  # answers long after any sensible check timeout
     return 200, chat_answer(content), SLOW_S if scenario == "slow" and n == 1 else 0.0
 
 
@@ -152,3 +154,40 @@ def test_judge_cli_scores_a_captions_file_through_the_server(server, tmp_path):
         ("audio", "ok", 0.75, "judge-model"), ("video", "ok", 0.75, "judge-model")}
     assert all(b["chat_template_kwargs"] == {"enable_thinking": False} for b in server.bodies("good"))
     assert (tmp_path / "scores.jsonl.cache.jsonl").exists()
+
+
+def test_a_hung_server_is_found_by_a_short_check_before_the_run(server, tmp_path):
+    manifest, captions = tmp_path / "manifest.jsonl", tmp_path / "captions.jsonl"
+    manifest.write_text(json.dumps({"sample_id": "s1", "video": "s1.mp4", "audio": "video",
+                                    "audio_captions": ["A dog barks"], "counterfactual": False}) + "\n")
+    captions.write_text(json.dumps({"sample_id": "s1", "prompt": "p", "caption": "A dog."}) + "\n")
+    backend = client(server, "hung", timeout=300.0, check_timeout=0.3, max_retries=0)
+    start = time.monotonic()
+    with pytest.raises(JudgeBackendError, match=r"did not answer a 1-token check request within 0.3 s"):
+        score_captions(manifest, captions, tmp_path / "scores.jsonl", Judge(backend))
+    assert time.monotonic() - start < 5
+    assert [b["max_tokens"] for b in server.bodies("hung")] == [1]
+
+
+def test_the_check_request_is_sent_once_and_only_when_there_is_work(server, tmp_path, capsys):
+    manifest, captions = tmp_path / "manifest.jsonl", tmp_path / "captions.jsonl"
+    manifest.write_text(json.dumps({"sample_id": "s1", "video": "s1.mp4", "audio": "video",
+                                    "audio_captions": ["A dog barks"], "video_caption": "A dog",
+                                    "counterfactual": False}) + "\n")
+    captions.write_text("".join(json.dumps({"sample_id": "s1", "prompt": f"p{i}", "caption": "A dog."}) + "\n"
+                                for i in range(3)))
+    judge = Judge(client(server, "good"), batch_size=2)
+    score_captions(manifest, captions, tmp_path / "scores.jsonl", judge, chunk_size=2)
+    assert [b["max_tokens"] for b in server.bodies("good")] == [1] + [2048] * 6
+    err = capsys.readouterr().err
+    assert "judging: 100%" in err and "6/6" in err  # a progress bar over the requests
+    score_captions(manifest, captions, tmp_path / "scores.jsonl", judge)  # nothing left to do: no request
+    assert len(server.bodies("good")) == 7
+
+
+def test_the_timeout_is_shown_in_the_help(capsys):
+    parser = argparse.ArgumentParser()
+    add_subcommands(parser.add_subparsers(dest="command", required=True))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["judge", "--help"])
+    assert "default: 300" in " ".join(capsys.readouterr().out.split())

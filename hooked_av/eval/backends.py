@@ -12,6 +12,7 @@ reproducible and the cache is valid.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
@@ -32,6 +33,9 @@ class JudgeBackend(Protocol):
     def complete(self, prompts: list[str]) -> list[str]:
         """One answer text per prompt, in order."""
         ...
+
+# A backend may also have `check() -> None`: a quick request that raises JudgeBackendError when the backend cannot
+# answer; Judge.check calls it before a run has its first prompt to send.
 
 
 def chat(prompt: str) -> list[dict[str, str]]:
@@ -88,14 +92,28 @@ class OpenAICompatibleBackend:
 
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None, timeout: float = 300.0,
                  max_retries: int = 4, backoff: float = 1.0, max_tokens: int = 2048, json_schema: bool = True,
-                 max_concurrency: int = 8, chat_template_kwargs: dict | None = None):
+                 max_concurrency: int = 8, chat_template_kwargs: dict | None = None, check_timeout: float = 30.0):
         self.name = model
         self.client = ChatCompletionsClient(base_url, api_key, timeout, max_retries, backoff)
+        self.check_timeout = min(check_timeout, timeout)
         self.url = self.client.url
         self.max_tokens = max_tokens
         self.json_schema = json_schema
         self.max_concurrency = max_concurrency
         self.chat_template_kwargs = chat_template_kwargs
+
+    def check(self) -> None:
+        """One request for a single token with a short timeout, so that a server that is down, hung or does not
+        serve this model is found in seconds, not after `timeout` per request."""
+        client = dataclasses.replace(self.client, timeout=self.check_timeout)
+        try:
+            client.post({**self._body("Answer with OK.", json_schema=False), "max_tokens": 1}, what="check request")
+        except ChatAPIError as e:
+            waited = f"did not answer a 1-token check request within {self.check_timeout:g} s" \
+                if e.status is None else "refused a 1-token check request"
+            raise JudgeBackendError(f"judge server {self.url} {waited} ({e}); is it running, e.g. `vllm serve "
+                                    f"{self.name}`, serving --model {self.name}, and is --base-url right?",
+                                    status=e.status) from e
 
     def complete(self, prompts: list[str]) -> list[str]:
         with ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, len(prompts)))) as pool:

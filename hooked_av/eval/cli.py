@@ -33,10 +33,14 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", help="judge answer cache JSONL (default: <out>.cache.jsonl)")
     p.add_argument("--modalities", nargs="+", choices=sorted(FIDELITY_RUBRICS), default=["audio", "video"],
                    help="latent_audio scores logit-lens word sets (rows with a words field)")
-    p.add_argument("--max-attempts", type=positive(int), default=3, help="answers read per request before a failure record")
+    p.add_argument("--max-attempts", type=positive(int), default=3,
+                   help="answers read per request before a failure record")
     p.add_argument("--batch-size", type=positive(int), default=16, help="prompts per backend call")
-    p.add_argument("--max-tokens", type=positive(int), help="answer token limit (default: 256 transformers, 2048 servers)")
-    p.add_argument("--timeout", type=positive(float), default=300.0, help="seconds per HTTP request (openai)")
+    p.add_argument("--max-tokens", type=positive(int),
+                   help="answer token limit (default: 256 transformers, 2048 servers)")
+    p.add_argument("--timeout", type=positive(float), default=300.0,
+                   help="seconds to wait for each answer before retrying it, 4 retries (openai; default: "
+                        "%(default)g); a 1-token check request with min(30 s, timeout) goes first")
     p.add_argument("--no-think", action="store_true", help="chat template enable_thinking=False (Qwen3; openai, vllm)")
     p.add_argument("--retry-failed", action="store_true", help="score failure records of --out again")
     p.add_argument("--device", default="cpu", help="device of the transformers backend")

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from hooked_av.eval.backends import JudgeBackend
 from hooked_av.eval.cache import JudgeCache
 from hooked_av.eval.errors import JudgeBackendError, MalformedJudgeOutput
@@ -61,10 +63,18 @@ class Judge:
             self.cache = JudgeCache(self.cache)
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        self._checked = False
 
     @property
     def model_name(self) -> str:
         return self.backend.name
+
+    def check(self) -> None:
+        """Let the backend fail fast (a server's short check request) before a run; once per Judge."""
+        check = getattr(self.backend, "check", None)
+        if check is not None and not self._checked:
+            check()
+        self._checked = True
 
     def score(self, rubric: Rubric, references: Sequence[str], candidate: str) -> JudgeResult:
         return self.score_many([JudgeRequest(rubric, tuple(references), candidate)])[0]
@@ -101,16 +111,19 @@ class Judge:
             else:
                 answers[prompt] = cached
                 self.stats.cache_hits += 1
-        for start in range(0, len(misses), self.batch_size):
-            batch = misses[start:start + self.batch_size]
-            generated = self.backend.complete(batch)
-            if len(generated) != len(batch):
-                raise JudgeBackendError(f"judge backend {self.model_name} returned {len(generated)} answers "
-                                        f"for {len(batch)} prompts")
-            self.stats.prompts_sent += len(batch)
-            if self.cache is not None:
-                self.cache.put_many(self.model_name, zip(batch, generated))
-            answers.update(zip(batch, generated))
+        with tqdm(total=len(misses), desc=f"judge {self.model_name}", unit="prompt", leave=False,
+                  disable=len(misses) <= self.batch_size) as bar:  # shown when a call spans several batches
+            for start in range(0, len(misses), self.batch_size):
+                batch = misses[start:start + self.batch_size]
+                generated = self.backend.complete(batch)
+                if len(generated) != len(batch):
+                    raise JudgeBackendError(f"judge backend {self.model_name} returned {len(generated)} answers "
+                                            f"for {len(batch)} prompts")
+                self.stats.prompts_sent += len(batch)
+                if self.cache is not None:
+                    self.cache.put_many(self.model_name, zip(batch, generated))
+                answers.update(zip(batch, generated))
+                bar.update(len(batch))
         return [answers[p] for p in prompts]
 
     def _read(self, raw: str, attempt: int) -> JudgeResult:

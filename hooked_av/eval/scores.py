@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from hooked_av.eval.errors import EvalDataError
 from hooked_av.eval.judge import FAILED, Judge, JudgeRequest, JudgeResult
 from hooked_av.data.jsonl import append_rows, iter_rows, output_file
@@ -129,11 +131,15 @@ def score_captions(manifest_path: str | Path, captions_path: str | Path, out_pat
             else:
                 done.add(key)  # a caption row repeated in the file is scored once
                 todo.append((caption, sample, modality, JudgeRequest(FIDELITY_RUBRICS[modality], tuple(refs), text)))
-    for start in range(0, len(todo), chunk_size):
-        chunk = todo[start:start + chunk_size]
-        results = judge.score_many([request for *_, request in chunk])
-        append_rows(out_path, [score_row(caption, sample, modality, result)
-                                for (caption, sample, modality, _), result in zip(chunk, results)])
-        summary.failed += sum(r.status == FAILED for r in results)
-        summary.scored += sum(r.status != FAILED for r in results)
+    if todo:
+        judge.check()
+    with tqdm(total=len(todo), desc="judging", unit="request") as bar:
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo[start:start + chunk_size]
+            results = judge.score_many([request for *_, request in chunk])
+            append_rows(out_path, [score_row(caption, sample, modality, result)
+                                   for (caption, sample, modality, _), result in zip(chunk, results)])
+            summary.failed += sum(r.status == FAILED for r in results)
+            summary.scored += sum(r.status != FAILED for r in results)
+            bar.update(len(chunk))
     return summary
