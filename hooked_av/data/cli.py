@@ -1,4 +1,5 @@
-"""The data subcommands of `hooked-av`: audiocaps-import, build-counterfactuals, caption (see docs/data.md)."""
+"""The data subcommands of `hooked-av`: audiocaps-import, check-manifest, build-counterfactuals, caption (see
+docs/data.md)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Agreement of the judge with human raters (paper Appendix B.1): Spearman rho per modality, bootstrap CI.
 
-Human ratings are a CSV with columns sample_id, modality, human_score (0..1), and optionally prompt and
-caption_model (needed when a sample was captioned with several prompts or models; the join uses every one of
-these columns the CSV has) and any others (e.g. annotator, ignored). Several rows for one key (several
+Human ratings are a CSV with columns sample_id, modality, human_score (0..1), and optionally prompt,
+caption_model and caption_model_hash (needed when a sample was captioned with several prompts or models; the join
+uses every one of these columns the CSV has) and any others (e.g. annotator, ignored). Several rows for one key (several
 annotators) are averaged, as the paper compares the judge to the raters' consensus. Judge rows are the score
 file of score_captions; failure records have no score and are left out of the correlation (and counted).
 
