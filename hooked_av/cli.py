@@ -10,12 +10,12 @@ import sys
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from hooked_av.data.cli import ERROR_EXIT
 from hooked_av.model.errors import HookedAVError
 
 # What a user can act on: the library's typed errors (each names the problem and what to do) and the operating
 # system's (a path that is missing, not writable, a directory, ...). Anything else is a bug and keeps its traceback.
 USER_ERRORS = (HookedAVError, OSError)
-ERROR_EXIT = 1
 
 
 def demo(args: argparse.Namespace) -> int:

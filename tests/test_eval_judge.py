@@ -169,8 +169,8 @@ def test_score_captions_writes_one_row_per_sample_prompt_modality(tmp_path):
     assert len(rows) == 11
     row = next(r for r in rows if r["sample_id"] == "s3" and r["modality"] == "audio")
     assert row == {"sample_id": "s3", "prompt": "Describe what you see and hear.", "modality": "audio",
-                   "caption_model": "omni-3b", "caption_model_hash": None, "counterfactual": True, "status": "ok", "score": 0.4,
-                   "reasoning": "scripted", "attempts": 1, "judge_model": "scripted-judge", "error": None,
+                   "caption_model": "omni-3b", "caption_model_hash": None, "counterfactual": True, "status": "ok",
+                   "score": 0.4, "reasoning": "scripted", "attempts": 1, "judge_model": "scripted-judge", "error": None,
                    "raw": None}
 
 

@@ -35,7 +35,7 @@ def weights_sha256(module: nn.Module) -> str:
         tensor = tensor.detach()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
         # as raw bytes: numpy has no bfloat16, and a byte view is exact for every dtype
-        digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).cpu().numpy().tobytes())
+        digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).cpu().numpy())
     return digest.hexdigest()
 
 

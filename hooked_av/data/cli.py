@@ -26,7 +26,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--captioner-model", default="gpt-4.1", help="vision model name (default: %(default)s)")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     p.add_argument("--cache-dir", type=Path, help="caption cache (default: <out folder>/caption_cache)")
-    p.add_argument("--caption-frames", type=positive(int), default=8, help="frames sent per clip (default: %(default)s)")
+    p.add_argument("--caption-frames", type=positive(int), default=8,
+                   help="frames sent per clip (default: %(default)s)")
     p.add_argument("--caption-fps", type=positive(float), default=1.0, help="frame sampling for captioning")
     p.set_defaults(func=audiocaps_import)
 
@@ -72,7 +73,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
 
 
 DTYPES = ("float32", "float16", "bfloat16")
-ERROR_EXIT = 1  # as hooked_av.cli's: a check that found problems
+ERROR_EXIT = 1  # a user error (hooked_av.cli prints it in one line) or a check that found problems
 
 
 def positive(kind: type) -> Callable[[str], int | float]:
@@ -81,7 +82,8 @@ def positive(kind: type) -> Callable[[str], int | float]:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
         if not value > 0:
             raise argparse.ArgumentTypeError(f"must be positive, got {text}")
         return value

@@ -22,8 +22,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
                               description="Score each caption of --captions against the references of --manifest "
                                           "and append one row per (sample, prompt, modality) to --out. Resumable.")
     p.add_argument("--manifest", required=True, help="manifest JSONL (sample_id, audio_captions, video_caption)")
-    p.add_argument("--captions", required=True, help="captions JSONL of `hooked-av caption` (sample_id, prompt, caption, model, "
-                                                      "model_hash)")
+    p.add_argument("--captions", required=True,
+                   help="captions JSONL of `hooked-av caption` (sample_id, prompt, caption, model, model_hash)")
     p.add_argument("--out", required=True, help="score JSONL, appended to; rows already there are skipped")
     p.add_argument("--backend", choices=sorted(DEFAULT_MAX_TOKENS), default="transformers")
     p.add_argument("--model", help="judge model: local folder or HF id (transformers, vllm), served model name "
@@ -49,8 +49,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
 
     a = subparsers.add_parser("agreement", help="Spearman rho between judge scores and human ratings",
                               description="Join human ratings (CSV: sample_id, modality, human_score[, prompt, "
-                                          "caption_model, caption_model_hash]) with a judge score file; rho and bootstrap CI per "
-                                          "modality.")
+                                          "caption_model, caption_model_hash]) with a judge score file; rho "
+                                          "and bootstrap CI per modality.")
     a.add_argument("--human", required=True, help="human ratings CSV")
     a.add_argument("--scores", required=True, help="score JSONL written by `hooked-av judge`")
     a.add_argument("--n-boot", type=positive(int), default=2000)

@@ -1,15 +1,16 @@
 """Score a captions file against its manifest: one JSONL row per (sample, prompt, modality), resumably.
 
 Inputs are plain JSONL written by hooked_av/data (read here as dicts):
-- manifest row: sample_id, audio_captions (list of human captions), video_caption (str or null), counterfactual;
-- captions row: sample_id, prompt, caption, model, model_hash, counterfactual (hooked_av.data.caption_run), a knockout
-  sweep row: sample_id, prompt, source, centre_layer, text (hooked_av.analysis.knockout), one per configuration,
-  or a logit-lens word-set row: sample_id, prompt, words (hooked_av.analysis.logit_lens.latent_words_run), scored
-  with modalities=("latent_audio",).
+- manifest (validated by hooked_av.data.manifest.read_manifest): sample_id, audio_captions (list of human
+  captions), video_caption (str or null), counterfactual;
+- captions row: sample_id, prompt, caption, model, model_hash, counterfactual (hooked_av.data.caption_run), a
+  knockout sweep row: sample_id, prompt, source, centre_layer, text (hooked_av.analysis.knockout), one per
+  configuration, or a logit-lens word-set row: sample_id, prompt, words
+  (hooked_av.analysis.logit_lens.latent_words_run), scored with modalities=("latent_audio",).
 Output row: sample_id, prompt, modality, caption_model, caption_model_hash (the captions row's model and
 model_hash: two checkpoints' captions of one sample are two keys), counterfactual (from the manifest when the
-captions row has none), [source, centre_layer for sweep rows], status, score, reasoning, attempts, judge_model, error, raw (raw only
-on failures, to keep the file small).
+captions row has none), [source, centre_layer for sweep rows], status, score, reasoning, attempts, judge_model,
+error, raw (raw only on failures, to keep the file small).
 
 Rows are appended after every chunk, so an interrupted run loses at most one chunk of work (and its judge
 answers are in the cache). A rerun skips the keys already present, tolerates a torn last line (that row is
@@ -97,7 +98,8 @@ def score_row(caption: dict[str, Any], sample: dict[str, Any], modality: str, re
     return {"sample_id": caption["sample_id"], "prompt": caption["prompt"], "modality": modality,
             "caption_model": caption.get("model"), "caption_model_hash": caption.get("model_hash"),
             "counterfactual": caption.get("counterfactual", sample.get("counterfactual")),
-            **{f: caption[f] for f in VARIANT_FIELDS if f in caption}, "status": result.status, "score": result.score, "reasoning": result.reasoning,
+            **{f: caption[f] for f in VARIANT_FIELDS if f in caption},
+            "status": result.status, "score": result.score, "reasoning": result.reasoning,
             "attempts": result.attempts, "judge_model": result.judge_model, "error": result.error,
             "raw": result.raw if result.status == FAILED else None}
 
