@@ -167,3 +167,12 @@ def test_log_lines_are_written_through_tqdm_not_onto_a_bar(tmp_path, capsys, mon
     assert code == 0 and "captioning: 100%" in err and "2/2" in err
     assert any("skipping sample gone" in line for line in written)
     assert "skipping sample gone" not in err  # only through tqdm.write
+
+
+def test_a_missing_captions_or_scores_file_is_an_error_not_zero_rows(manifest, tmp_path, capsys):
+    code, err = run_main(["judge", "--manifest", manifest, "--captions", tmp_path / "nope.jsonl",
+                          "--out", tmp_path / "s.jsonl", "--backend", "openai", "--model", "m"], capsys)
+    assert_one_line_error(code, err, "captions file not found", "nope.jsonl")
+    (tmp_path / "h.csv").write_text("sample_id,modality,human_score\na,audio,0.5\n")
+    code, err = run_main(["agreement", "--human", tmp_path / "h.csv", "--scores", tmp_path / "none.jsonl"], capsys)
+    assert_one_line_error(code, err, "score file not found", "none.jsonl")

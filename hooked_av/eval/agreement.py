@@ -110,6 +110,8 @@ def _index_judge_rows(rows: list[dict[str, Any]], key_columns: Sequence[str]) ->
 def agreement(human_csv: str | Path, scores_path: str | Path, *, n_boot: int = 2000, confidence: float = 0.95,
               seed: int | None = 0) -> AgreementReport:
     """Spearman rho (with bootstrap CI) between judge and human scores, per modality."""
+    if not Path(scores_path).is_file():
+        raise EvalDataError(f"score file not found: {scores_path} (written by `hooked-av judge`)")
     key_columns, human = load_human_ratings(human_csv)
     judged = _index_judge_rows(load_scores(scores_path), key_columns)
     report = AgreementReport()

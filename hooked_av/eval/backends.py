@@ -109,11 +109,9 @@ class OpenAICompatibleBackend:
         try:
             client.post({**self._body("Answer with OK.", json_schema=False), "max_tokens": 1}, what="check request")
         except ChatAPIError as e:
-            waited = f"did not answer a 1-token check request within {self.check_timeout:g} s" \
-                if e.status is None else "refused a 1-token check request"
-            raise JudgeBackendError(f"judge server {self.url} {waited} ({e}); is it running, e.g. `vllm serve "
-                                    f"{self.name}`, serving --model {self.name}, and is --base-url right?",
-                                    status=e.status) from e
+            raise JudgeBackendError(f"the judge server failed a 1-token check request (timeout {self.check_timeout:g}"
+                                    f" s): {e}; is it running (e.g. `vllm serve {self.name}`), does it serve "
+                                    f"--model {self.name}, and is --base-url right?", status=e.status) from e
 
     def complete(self, prompts: list[str]) -> list[str]:
         with ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, len(prompts)))) as pool:

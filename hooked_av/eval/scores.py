@@ -112,6 +112,8 @@ def score_captions(manifest_path: str | Path, captions_path: str | Path, out_pat
     unknown = set(modalities) - FIDELITY_RUBRICS.keys()
     if unknown:
         raise EvalDataError(f"unknown modalities {sorted(unknown)}; choose from {sorted(FIDELITY_RUBRICS)}")
+    if not captions_path.is_file():
+        raise EvalDataError(f"captions file not found: {captions_path}")
     manifest = _load_manifest(manifest_path)
     done = {score_key(r) for r in load_scores(out_path) if not (retry_failed and r.get("status") == FAILED)}
     summary = ScoreSummary()
@@ -135,7 +137,7 @@ def score_captions(manifest_path: str | Path, captions_path: str | Path, out_pat
                 todo.append((caption, sample, modality, JudgeRequest(FIDELITY_RUBRICS[modality], tuple(refs), text)))
     if todo:
         judge.check()
-    with tqdm(total=len(todo), desc="judging", unit="request") as bar:
+    with tqdm(total=len(todo), desc="judging", unit="request", disable=not todo) as bar:
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start:start + chunk_size]
             results = judge.score_many([request for *_, request in chunk])
