@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=demo)
     add_data_commands(sub)
     add_eval_commands(sub)
-    for command in sub.choices.values():  # `hooked-av COMMAND ... --debug` works too, for every command
+    # `hooked-av COMMAND ... --debug` works too, for every command (an alias shares its command's parser)
+    for command in {id(p): p for p in sub.choices.values()}.values():
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 

@@ -221,6 +221,9 @@ def test_the_set_is_self_contained_and_can_be_moved_whole(factual_rows, tmp_path
             for r in factual_rows]
     build_counterfactuals(rows, 2, tmp_path / "set", embedder=HashEmbedder())
     text = (tmp_path / "set" / "manifest.jsonl").read_text()
+    (tmp_path / "plain").mkdir()  # the set gets a new folder's permissions (the umask's), not mkdtemp's 0700
+    assert (tmp_path / "set").stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
+    (tmp_path / "plain").rmdir()
     assert str(tmp_path) not in text  # every path is relative to the set's folder
     shutil.rmtree(source)
     moved = shutil.move(tmp_path / "set", tmp_path / "elsewhere" / "avbias")

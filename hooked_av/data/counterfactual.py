@@ -245,6 +245,9 @@ def building(out_dir: Path) -> Iterator[Path]:
     it raises. The previous set is moved aside first and deleted only once the new one is in place."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would become the set's permissions
     try:
         yield tmp
     except BaseException:
