@@ -104,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print("hooked-av: interrupted (the long-running commands resume when run again)", file=sys.stderr)
+        print("hooked-av: interrupted; run the same command again: caption and judge resume where they stopped",
+              file=sys.stderr)
         return 130
 
 

@@ -176,3 +176,12 @@ def test_a_missing_captions_or_scores_file_is_an_error_not_zero_rows(manifest, t
     (tmp_path / "h.csv").write_text("sample_id,modality,human_score\na,audio,0.5\n")
     code, err = run_main(["agreement", "--human", tmp_path / "h.csv", "--scores", tmp_path / "none.jsonl"], capsys)
     assert_one_line_error(code, err, "score file not found", "none.jsonl")
+
+
+def test_ctrl_c_ends_in_one_line_and_status_130(tmp_path, capsys, monkeypatch):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("hooked_av.data.cli.check_manifest_cmd", interrupted)
+    code, err = run_main(["check-manifest", tmp_path / "m.jsonl"], capsys)
+    assert code == 130 and "Traceback" not in err and err.startswith("hooked-av: interrupted; run the same command")
