@@ -140,7 +140,8 @@ def test_a_judge_model_that_is_not_on_this_machine(manifest, tmp_path, capsys):
     assert_one_line_error(code, err, "no_judge", "local")
 
 
-def test_an_output_path_that_is_a_folder(manifest, tmp_path, capsys):
+def test_an_output_path_that_is_a_folder(manifest, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("hooked_av.data.cli.load_model", lambda args: pytest.fail("checked after the model load"))
     code, err = run_main(["caption", "--manifest", manifest, "--out", tmp_path, "--model", "tiny"], capsys)
     assert_one_line_error(code, err, "is a folder")
 

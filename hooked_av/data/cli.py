@@ -151,9 +151,12 @@ def check_manifest_cmd(args: argparse.Namespace) -> int:
 
 def caption_cmd(args: argparse.Namespace) -> int:
     from hooked_av.data.caption_run import CaptionRunError, caption_manifest
+    from hooked_av.data.jsonl import output_file
     from hooked_av.data.manifest import read_manifest
 
-    rows = read_manifest(args.manifest)  # before the model: a bad manifest should not wait for a checkpoint load
+    # before the model: a bad manifest or output path should not wait for a checkpoint load
+    rows = read_manifest(args.manifest)
+    output_file(args.out)
     report = caption_manifest(load_model(args), rows, args.out, prompts=tuple(args.prompts or PAPER_PROMPTS),
                               max_new_tokens=args.max_new_tokens, fps=args.fps, use_audio=not args.no_audio,
                               checkpoint=args.model)
