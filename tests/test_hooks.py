@@ -248,3 +248,38 @@ def test_full_omni_model_wraps_its_thinker(omni, omni_batches):
     assert wrapped.embed is full.thinker.model.language_model.embed_tokens
     batch = omni_batches["audio+video"]
     assert torch.allclose(wrapped(batch), model(batch), atol=1e-5)
+
+
+def test_a_misspelt_hook_name_gets_close_matches_with_its_layer(omni):
+    _, _, model = omni
+    with pytest.raises(UnknownHookError) as err:
+        model.add_hook("blocks.0.hook_resid_psot", lambda x, hook: x)
+    assert "'blocks.0.hook_resid_post'" in str(err.value)
+    with pytest.raises(UnknownHookError) as err:
+        model.add_hook("blocks.1.attn.hook_patern", lambda x, hook: x)
+    assert "'blocks.1.attn.hook_pattern'" in str(err.value)
+    with pytest.raises(UnknownHookError, match="'hook_inputs_embeds'"):
+        model.add_hook("hook_input_embeds", lambda x, hook: x)
+
+
+def test_a_misspelt_name_in_a_names_filter_list_raises(omni, omni_batches):
+    _, _, model = omni
+    with pytest.raises(UnknownHookError, match="blocks.0.hook_resid_post"):
+        model.run_with_cache(omni_batches["text"], names_filter=["blocks.1.hook_resid_post", "blocks.0.hook_resid_psot"])
+    with pytest.raises(UnknownHookError, match="blocks.1.hook_resid_post"):
+        model.run_with_cache(omni_batches["text"], names_filter="blocks.1.hook_resid_pots")
+    _, cache = model.run_with_cache(omni_batches["text"], names_filter=["blocks.1.hook_resid_post"])
+    assert list(cache.keys()) == ["blocks.1.hook_resid_post"]
+
+
+def test_negative_layers_in_hook_names_are_normalised(omni, omni_batches):
+    _, _, model = omni
+    batch = omni_batches["text"]
+    seen = {}
+    model.run_with_hooks(batch, fwd_hooks=[("blocks.-1.hook_resid_post", lambda x, hook: seen.setdefault(hook.name, x))])
+    assert list(seen) == [f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]
+    _, cache = model.run_with_cache(batch, names_filter=["blocks.-2.hook_resid_post"])
+    assert list(cache.keys()) == [f"blocks.{model.cfg.n_layers - 2}.hook_resid_post"]
+    assert torch.equal(cache["blocks.-2.hook_resid_post"], cache["blocks.0.hook_resid_post"])
+    with pytest.raises(LayerIndexError, match=r"-2\.\.-1"):
+        model.add_hook("blocks.-3.hook_resid_post", lambda x, hook: x)

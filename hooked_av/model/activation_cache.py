@@ -22,6 +22,11 @@ class AVActivationCache(ActivationCache):
         super().__init__(cache_dict, model, has_batch_dim=has_batch_dim)
         self.modality_map = modality_map
 
+    def __getitem__(self, key: Any):
+        if isinstance(key, str) and key not in self.cache_dict:
+            key = self.model.hook_name(key)  # blocks.-1.… as the model's hooks accept it; typos get suggestions
+        return super().__getitem__(key)
+
     def decompose_resid(self, *args: Any, incl_embeds: bool = True, **kwargs: Any):
         if not incl_embeds or "hook_inputs_embeds" not in self.cache_dict:
             return super().decompose_resid(*args, incl_embeds=incl_embeds, **kwargs)

@@ -6,6 +6,7 @@ hooked blocks (fused SDPA unless a hook needs the pattern) -> final norm -> unem
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,32 +191,37 @@ class HookedAVModel(HookedRootModule):
         return (self.ln_final.w[:, None] * self.W_U)[:, tokens].movedim(0, -1)
 
     def _enable_hook(self, name: str | Callable, hook: Callable, dir: Literal["fwd", "bwd"]) -> None:
-        if isinstance(name, str):
-            self.check_hook_name(name)
-        super()._enable_hook(name, hook, dir)
+        super()._enable_hook(self.hook_name(name) if isinstance(name, str) else name, hook, dir)
 
     def add_hook(self, name: str | Callable, hook: Callable, *args: Any, **kwargs: Any) -> None:
-        if isinstance(name, str):
-            self.check_hook_name(name)
-        super().add_hook(name, hook, *args, **kwargs)
+        super().add_hook(self.hook_name(name) if isinstance(name, str) else name, hook, *args, **kwargs)
 
-    def check_hook_name(self, name: str) -> None:
+    def hook_name(self, name: str) -> str:
+        """The hook point's name in `hook_dict`: a negative layer is counted from the end (`blocks.-1.…` is the
+        last block). A layer out of range raises LayerIndexError; a name that is no hook point raises
+        UnknownHookError with the closest names (same layer)."""
         if name in self.hook_dict:
-            return
-        parts = name.split(".")
-        if len(parts) > 2 and parts[0] == "blocks" and parts[1].lstrip("-").isdigit():
-            layer = int(parts[1])
-            check_layer(layer, self.cfg.n_layers)
-            if layer < 0:
-                raise UnknownHookError(f"hook name {name!r}: write the layer as {layer % self.cfg.n_layers}")
-        suffix = name.split(".", 2)[-1] if name.startswith("blocks.") else name
-        close = sorted({n.split(".", 2)[-1] if n.startswith("blocks.") else n for n in self.hook_dict
-                        if suffix.split(".")[-1] in n})[:5]
+            return name
+        parts = name.split(".", 2)
+        if len(parts) == 3 and parts[0] == "blocks" and parts[1].lstrip("-").isdigit():
+            layer = check_layer(int(parts[1]), self.cfg.n_layers)
+            name = f"blocks.{layer}.{parts[2]}"
+            if name in self.hook_dict:
+                return name
+            candidates = [n for n in self.hook_dict if n.startswith(f"blocks.{layer}.")]
+        else:
+            candidates = [n for n in self.hook_dict if not n.startswith("blocks.")]
+        close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
         raise UnknownHookError(f"unknown hook name {name!r}." + (f" Did you mean one of {close}?" if close else "")
                                + " model.hook_dict lists every hook point.")
 
     def run_with_cache(self, *model_args: Any, **kwargs: Any) -> tuple[Any, AVActivationCache]:
         """As TransformerLens' run_with_cache; the cache is an AVActivationCache with the modality map."""
+        names_filter = kwargs.get("names_filter")
+        if isinstance(names_filter, str):
+            names_filter = [names_filter]
+        if isinstance(names_filter, (list, tuple)):  # TransformerLens would silently cache nothing for a typo
+            kwargs["names_filter"] = [self.hook_name(n) for n in names_filter]
         out, cache_dict = super().run_with_cache(*model_args, **kwargs)
         batch = self._gather_inputs(model_args[0] if model_args else None,
                                     {k: v for k, v in kwargs.items() if k not in _CACHE_KWARGS})
