@@ -116,3 +116,17 @@ def test_latent_word_sets_are_written_resumably_and_scored_by_the_judge(omni, me
     assert score["modality"] == "latent_audio" and score["score"] == 0.5
     assert backend.prompts[0].endswith(f"Decoded words: {', '.join(expected) or '(empty)'}\nAnswer:")
     assert "a tone plays" in backend.prompts[0]
+
+
+def test_positions_outside_the_sequence_are_a_typed_error(omni, omni_batches):
+    import pytest
+
+    from hooked_av import InputError
+
+    _, _, model = omni
+    batch = omni_batches["audio"]
+    n = batch["input_ids"].shape[1]
+    with pytest.raises(InputError, match=f"position 10000 .* {n} positions"):
+        logit_lens(model, batch, positions=[3, 10000])
+    with pytest.raises(InputError, match="position -1"):
+        logit_lens(model, batch, positions=[-1])

@@ -283,3 +283,59 @@ def test_negative_layers_in_hook_names_are_normalised(omni, omni_batches):
     assert torch.equal(cache["blocks.-2.hook_resid_post"], cache["blocks.0.hook_resid_post"])
     with pytest.raises(LayerIndexError, match=r"-2\.\.-1"):
         model.add_hook("blocks.-3.hook_resid_post", lambda x, hook: x)
+
+
+def test_generate_needs_at_least_one_new_token(omni, omni_batches):
+    _, _, model = omni
+    with pytest.raises(InputError, match="max_new_tokens must be at least 1, got 0"):
+        model.generate(omni_batches["text"], max_new_tokens=0)
+
+
+def test_a_string_is_wrapped_in_the_chat_template(omni, omni_batches):
+    _, _, model = omni
+    batch = model.prepare_inputs(PROMPT_TEXT)
+    assert torch.equal(model(PROMPT_TEXT), model(batch))
+    assert torch.equal(model.generate(PROMPT_TEXT, max_new_tokens=4).sequences,
+                       model.generate(batch, max_new_tokens=4).sequences)
+    pair = [PROMPT_TEXT, "Hi"]
+    assert torch.equal(model(pair), model(model.prepare_inputs(pair)))
+    _, cache = model.run_with_cache(PROMPT_TEXT, names_filter="blocks.0.hook_resid_post")
+    assert cache.modality_map.counts()["text"] == len(PROMPT_TEXT)  # one byte token per character here
+    with pytest.raises(InputError, match="a string, a list of strings, a processor batch"):
+        model(3.5)
+
+
+PROMPT_TEXT = "What is this?"
+
+
+def test_return_type_both_gives_logits_and_loss(omni, omni_batches):
+    _, _, model = omni
+    batch = omni_batches["audio"]
+    logits, loss = model(batch, return_type="both")
+    assert torch.equal(logits, model(batch))
+    assert torch.equal(loss, model(batch, return_type="loss"))
+    with pytest.raises(InputError, match="'both'"):
+        model(batch, return_type="probs")
+
+
+def test_token_helpers_use_the_chat_template_and_media(omni, media):
+    _, processor, model = omni
+    tok = processor.tokenizer
+    ids = model.to_tokens(PROMPT_TEXT, audio=media["audio"])
+    batch = model.prepare_inputs(PROMPT_TEXT, audio=media["audio"])
+    assert torch.equal(ids, batch["input_ids"])
+    raw = model.to_tokens(PROMPT_TEXT, chat_template=False)
+    assert raw[0].tolist() == tok.encode(PROMPT_TEXT, add_special_tokens=False)
+    strs = model.to_str_tokens(PROMPT_TEXT, audio=media["audio"])
+    assert len(strs) == ids.shape[1] and strs[:3] == ["<|im_start|>", "s", "y"]
+    assert strs.count("<|AUDIO|>") == int(model.modality_map(batch).mask("audio").sum())
+    assert model.to_str_tokens(batch) == strs and model.to_str_tokens(ids[0]) == strs
+    assert model.to_string(raw[0]) == PROMPT_TEXT and model.to_string(raw) == [PROMPT_TEXT]
+    audio = model.modality_map(batch).positions("audio")
+    assert model.get_token_position("<|AUDIO|>", batch) == int(audio[0])
+    assert model.get_token_position("<|AUDIO|>", PROMPT_TEXT, mode="last", audio=media["audio"]) == int(audio[-1])
+    assert model.get_token_position(tok.convert_tokens_to_ids("<|audio_bos|>"), ids) == int(audio[0]) - 1
+    with pytest.raises(InputError, match="not in the input"):
+        model.get_token_position("<|VIDEO|>", batch)
+    with pytest.raises(InputError, match="chat_template=False"):
+        model.to_tokens(PROMPT_TEXT, audio=media["audio"], chat_template=False)

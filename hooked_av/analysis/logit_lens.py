@@ -100,7 +100,13 @@ def resolve_positions(model, modality_map, positions: str | Modality | Sequence[
         if found.numel() == 0:
             raise InputError(f"the batch has no {Modality.parse(positions).name.lower()} positions to decode")
         return found
-    return torch.as_tensor(positions, dtype=torch.long).flatten()
+    pos = torch.as_tensor(positions, dtype=torch.long).flatten()
+    n = modality_map.codes.shape[1]
+    outside = pos[(pos < 0) | (pos >= n)]
+    if outside.numel():
+        raise InputError(f"position {int(outside[0])} is outside the sequence: the batch has {n} positions "
+                         f"(0..{n - 1}); cache.modality_map or model.to_str_tokens(batch) show what is where")
+    return pos
 
 
 @torch.no_grad()
