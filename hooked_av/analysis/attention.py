@@ -83,7 +83,8 @@ def attention_by_modality(model, batch: Any, *, max_new_tokens: int = 32,
 
     hooks = [(f"blocks.{layer}.attn.hook_pattern", record) for layer in layers]
     out = model.generate(batch, max_new_tokens=max_new_tokens, decode_fwd_hooks=hooks, **generate_kwargs)
-    queries = is_query(out.new_tokens, torch.tensor(model.adapter.stop_token_ids(), device=out.new_tokens.device))
+    # The stop tokens generation used (the caller's, else the family's): a stop token ends a row's queries.
+    queries = is_query(out.new_tokens, model.stop_tensor(generate_kwargs.get("stop_token_ids")))
     n_steps = len(steps[layers[0]])
     valid = queries[:, :n_steps].T.float()  # [step, batch]
     n_queries = int(valid.sum())
