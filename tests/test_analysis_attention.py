@@ -105,3 +105,21 @@ def test_a_custom_stop_token_and_what_follows_are_not_queries(omni, media):
         n_queries += fed_back
     assert result.n_queries == n_queries == 7 + 4
     assert torch.allclose(result.per_head, total / n_queries, atol=1e-4)
+
+
+def test_over_manifest_rows_with_a_progress_bar(omni, tmp_path, capsys):
+    from hooked_av.analysis.attention import attention_over_samples
+    from hooked_av.data.manifest import ManifestRow, load_sample, sample_inputs
+    from tests.test_media import write_clip
+
+    _, _, model = omni
+    write_clip(tmp_path / "a.mp4", seconds=2.0)
+    rows = [ManifestRow("a", tmp_path / "a.mp4", "video", ["a tone"]),
+            ManifestRow("broken", tmp_path / "missing.mp4", "video", ["a tone"])]
+    results = attention_over_samples(model, rows, prompt="Describe.", max_new_tokens=3, stop_token_ids=[])
+    assert [r.sample_id for r in results] == ["a"]
+    batch = model.prepare_inputs("Describe.", **sample_inputs(load_sample(rows[0])))
+    ref = attention_by_modality(model, batch, max_new_tokens=3, stop_token_ids=[])
+    assert torch.equal(results[0].per_head, ref.per_head)
+    err = capsys.readouterr().err
+    assert "attention by modality" in err and "2/2" in err and "skipping sample broken" in err

@@ -9,7 +9,7 @@ distributions, and the base rank η of the AV model's token under the base model
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from hooked_av.analysis.samples import decoded_samples
+from hooked_av.data.manifest import ManifestRow, sample_inputs
 from hooked_av.model.errors import InputError
 
 # A default lexicon of sound sources and events (AudioCaps-style vocabulary); pass your own or a callback.
@@ -46,6 +48,7 @@ class TokenShiftResult:
     kl_base_av: Float[Tensor, "tokens"]  # KL(P_base || P_av)
     base_rank: Int[Tensor, "tokens"]  # rank (1 = top) of the AV model's token under the base model
     selected: Tensor  # bool [tokens]: tokens the selector picked (e.g. describing sound events)
+    sample_id: str | None = None  # set by token_shift_over_samples
 
     @property
     def buckets(self) -> list[str]:
@@ -57,7 +60,7 @@ class TokenShiftResult:
     def to_frame(self):
         import pandas as pd
 
-        return pd.DataFrame({"token_id": self.response_ids.tolist(), "token": self.token_strings,
+        return pd.DataFrame({"sample_id": self.sample_id, "token_id": self.response_ids.tolist(), "token": self.token_strings,
                              "kl_av_base": self.kl_av_base.tolist(), "kl_base_av": self.kl_base_av.tolist(),
                              "base_rank": self.base_rank.tolist(), "bucket": self.buckets,
                              "selected": self.selected.tolist()})
@@ -147,6 +150,22 @@ def token_shift(av_model, base_model, *, video: Any = None, audio: Any = None, i
     picked = (selector or lexicon_selector())(token_strings)
     return TokenShiftResult(instruction, response_ids, token_strings, kl_av_base.clamp(min=0).cpu(),
                             kl_base_av.clamp(min=0).cpu(), base_rank.cpu(), torch.tensor(picked, dtype=torch.bool))
+
+
+def token_shift_over_samples(av_model, base_model, rows: Iterable[ManifestRow], *,
+                             instruction: str = "Describe what you hear.", fps: float = 2.0,
+                             sampling_rate: int = 16000, **kwargs: Any) -> list[TokenShiftResult]:
+    """`token_shift` for each manifest row (decoded once; the AV model hears the sound, interleaved into the video
+    when it is the video's own track, the base model sees the frames), under a progress bar; unreadable samples are
+    logged and left out. The results carry their sample_id and feed `aggregate_shift`. kwargs: max_new_tokens,
+    selector, base_gets_audio."""
+    results = []
+    for sample in decoded_samples(rows, "token shift", fps, sampling_rate):
+        result = token_shift(av_model, base_model, **sample_inputs(sample), instruction=instruction, fps=fps,
+                             **kwargs)
+        result.sample_id = sample.sample_id
+        results.append(result)
+    return results
 
 
 def aggregate_shift(results: Sequence[TokenShiftResult], selected_only: bool = False) -> dict[str, float]:
