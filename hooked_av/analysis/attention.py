@@ -128,6 +128,16 @@ class AggregatedAttention:
     ci_low: np.ndarray
     ci_high: np.ndarray
     n_samples: int
+    confidence: float = 0.95  # of the percentile-bootstrap interval [ci_low, ci_high]
+
+    def to_frame(self):
+        """Long table: layer, group, mean, ci_low, ci_high, n_samples (shares as fractions)."""
+        import pandas as pd
+
+        return pd.DataFrame([(layer, group, float(self.mean[li, gi]), float(self.ci_low[li, gi]),
+                              float(self.ci_high[li, gi]), self.n_samples)
+                             for li, layer in enumerate(self.layers) for gi, group in enumerate(self.groups)],
+                            columns=["layer", "group", "mean", "ci_low", "ci_high", "n_samples"])
 
 
 def aggregate_attention(results: Sequence[ModalityAttention], confidence: float = 0.95,
@@ -142,4 +152,4 @@ def aggregate_attention(results: Sequence[ModalityAttention], confidence: float 
     alpha = (1 - confidence) / 2
     return AggregatedAttention(groups=results[0].groups, layers=results[0].layers, mean=shares.mean(0),
                                ci_low=np.quantile(boot, alpha, axis=0), ci_high=np.quantile(boot, 1 - alpha, axis=0),
-                               n_samples=len(results))
+                               n_samples=len(results), confidence=confidence)

@@ -57,6 +57,7 @@ class LogitLensResult:
     top_probs: Float[Tensor, "layer pos k"]
     tokens: list[list[list[str]]]  # [layer][pos][rank] readable strings
     batch_index: int = 0
+    input_tokens: list[str] | None = None  # [pos] the input token at each decoded position (e.g. "<|AUDIO|>")
 
     def top1(self) -> list[list[str]]:
         """[layer][pos] the most likely token: the table of paper Fig. 5."""
@@ -79,14 +80,15 @@ class LogitLensResult:
         return list(seen)
 
     def to_frame(self):
-        """Long table: layer, position, rank, token_id, token, prob."""
+        """Long table: layer, position, input_token, rank, token_id, token, prob."""
         import pandas as pd
 
-        rows = [(layer, int(pos), rank, int(self.top_ids[li, pi, rank]), self.tokens[li][pi][rank],
+        inputs = self.input_tokens or [None] * len(self.positions)
+        rows = [(layer, int(pos), inputs[pi], rank, int(self.top_ids[li, pi, rank]), self.tokens[li][pi][rank],
                  float(self.top_probs[li, pi, rank]))
                 for li, layer in enumerate(self.layers) for pi, pos in enumerate(self.positions)
                 for rank in range(self.top_ids.shape[-1])]
-        return pd.DataFrame(rows, columns=["layer", "position", "rank", "token_id", "token", "prob"])
+        return pd.DataFrame(rows, columns=["layer", "position", "input_token", "rank", "token_id", "token", "prob"])
 
 
 def decode_tokens(tokenizer: Any, ids: Tensor) -> list:
@@ -148,8 +150,10 @@ def logit_lens(model, batch: Any = None, *, cache=None, positions: str | Sequenc
         top_probs.append(p)
     ids = torch.stack(top_ids).cpu()
     tokenizer = model.adapter.require_processor("logit_lens (decoding tokens)").tokenizer
+    inputs = getattr(cache, "input_ids", None)
     return LogitLensResult(layers=layers, positions=pos.cpu(), top_ids=ids, top_probs=torch.stack(top_probs).cpu(),
-                           tokens=decode_tokens(tokenizer, ids), batch_index=batch_index)
+                           tokens=decode_tokens(tokenizer, ids), batch_index=batch_index,
+                           input_tokens=None if inputs is None else decode_tokens(tokenizer, inputs[batch_index, pos]))
 
 
 def latent_words_run(model, rows: Iterable[ManifestRow], out_path: str | Path, *,

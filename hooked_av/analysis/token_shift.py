@@ -54,7 +54,7 @@ class TokenShiftResult:
     def buckets(self) -> list[str]:
         return [bucket(int(r)) for r in self.base_rank]
 
-    def summary(self, selected_only: bool = False) -> dict[str, float]:
+    def summary(self, selected_only: bool = False) -> ShiftSummary:
         return aggregate_shift([self], selected_only)
 
     def to_frame(self):
@@ -168,15 +168,27 @@ def token_shift_over_samples(av_model, base_model, rows: Iterable[ManifestRow], 
     return results
 
 
-def aggregate_shift(results: Sequence[TokenShiftResult], selected_only: bool = False) -> dict[str, float]:
+class ShiftSummary(dict):
+    """The pooled statistics of `aggregate_shift` (a dict: n_tokens, n_samples, kl_av_base, kl_base_av,
+    median_base_rank, unshifted, marginal, shifted; only the counts when no token was pooled)."""
+
+    def to_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame([dict(self)])
+
+
+def aggregate_shift(results: Sequence[TokenShiftResult], selected_only: bool = False) -> ShiftSummary:
     """Pooled over all tokens of all samples, as in the paper (mean KL, median rank, bucket fractions)."""
     keep = [r.selected if selected_only else torch.ones_like(r.selected) for r in results]
-    ranks = torch.cat([r.base_rank[k] for r, k in zip(results, keep)])
+    ranks = torch.cat([r.base_rank[k] for r, k in zip(results, keep)]) if results else torch.zeros(0)
+    counts = {"n_tokens": int(ranks.numel()), "n_samples": len(results)}
     if ranks.numel() == 0:
-        return {"n_tokens": 0}
+        return ShiftSummary(counts)
     kl_ab = torch.cat([r.kl_av_base[k] for r, k in zip(results, keep)])
     kl_ba = torch.cat([r.kl_base_av[k] for r, k in zip(results, keep)])
-    return {"n_tokens": int(ranks.numel()), "kl_av_base": float(kl_ab.mean()), "kl_base_av": float(kl_ba.mean()),
-            "median_base_rank": float(ranks.float().median()), "unshifted": float((ranks == 1).float().mean()),
-            "marginal": float(((ranks > 1) & (ranks <= 3)).float().mean()),
-            "shifted": float((ranks > 3).float().mean())}
+    return ShiftSummary(counts, kl_av_base=float(kl_ab.mean()), kl_base_av=float(kl_ba.mean()),
+                        median_base_rank=float(ranks.float().median()),
+                        unshifted=float((ranks == 1).float().mean()),
+                        marginal=float(((ranks > 1) & (ranks <= 3)).float().mean()),
+                        shifted=float((ranks > 3).float().mean()))

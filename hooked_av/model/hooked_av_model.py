@@ -286,7 +286,7 @@ class HookedAVModel(HookedRootModule):
         batch = self._gather_inputs(model_args[0] if model_args else None,
                                     {k: v for k, v in kwargs.items() if k not in _CACHE_KWARGS})
         return out, AVActivationCache(cache_dict, self, has_batch_dim=not kwargs.get("remove_batch_dim", False),
-                                      modality_map=self.modality_map(batch))
+                                      modality_map=self.modality_map(batch), input_ids=batch["input_ids"])
 
     # ---- inputs ----------------------------------------------------------------------------------------
     def prepare_inputs(self, prompt: str | list[str], video: Any = None, audio: Any = None, image: Any = None, *,
