@@ -9,7 +9,7 @@ from hooked_av import InputError, LayerIndexError, PlaceholderMismatchError, Unk
 
 PER_LAYER = ["hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k",
              "attn.hook_v", "attn.hook_rot_q", "attn.hook_rot_k", "attn.hook_attn_mask", "attn.hook_attn_scores",
-             "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "ln2.hook_scale",
+             "attn.hook_pattern", "attn.hook_z", "attn.hook_result", "hook_attn_out", "hook_resid_mid", "ln2.hook_scale",
              "ln2.hook_normalized", "mlp.hook_pre", "mlp.hook_pre_linear", "mlp.hook_post", "hook_mlp_out",
              "hook_resid_post"]
 
@@ -339,3 +339,27 @@ def test_token_helpers_use_the_chat_template_and_media(omni, media):
         model.get_token_position("<|VIDEO|>", batch)
     with pytest.raises(InputError, match="chat_template=False"):
         model.to_tokens(PROMPT_TEXT, audio=media["audio"], chat_template=False)
+
+
+def test_hook_result_gives_per_head_outputs_and_keeps_the_layer_fused(omni, omni_batches):
+    _, _, model = omni
+    batch = omni_batches["audio"]
+    _, cache = model.run_with_cache(batch, names_filter=["blocks.1.attn.hook_result", "blocks.1.attn.hook_z",
+                                                         "blocks.1.hook_attn_out"])
+    assert [b.attn.last_path for b in model.blocks] == ["sdpa", "sdpa"]
+    result = cache["blocks.1.attn.hook_result"]
+    assert result.shape == (1, batch["input_ids"].shape[1], model.cfg.n_heads, model.cfg.d_model)
+    attn = model.blocks[1].attn
+    by_hand = torch.einsum("bphd,hdm->bphm", cache["blocks.1.attn.hook_z"], attn.W_O)
+    assert torch.allclose(result, by_hand, atol=1e-5)
+    assert torch.allclose(result.sum(2) + attn.b_O, cache["blocks.1.hook_attn_out"], atol=1e-5)
+
+    def zero_head(x, hook, dim):
+        x = x.clone()
+        x.select(dim, 2).zero_()
+        return x
+
+    via_result = model.run_with_hooks(batch, fwd_hooks=[("blocks.0.attn.hook_result",
+                                                         lambda x, hook: zero_head(x, hook, 2))])
+    via_z = model.run_with_hooks(batch, fwd_hooks=[("blocks.0.attn.hook_z", lambda x, hook: zero_head(x, hook, 2))])
+    assert torch.allclose(via_result, via_z, atol=1e-4) and not torch.allclose(via_result, model(batch), atol=1e-4)
