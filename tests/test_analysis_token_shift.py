@@ -49,7 +49,8 @@ def test_base_ranks_kl_and_buckets_against_the_base_vlm(omni, vl, media):
     summary = result.summary()
     assert summary["n_tokens"] == len(response)
     assert summary["unshifted"] + summary["marginal"] + summary["shifted"] == pytest.approx(1.0)
-    assert aggregate_shift([result, result]) == pytest.approx({**summary, "n_tokens": 2 * len(response), "n_samples": 2})
+    assert aggregate_shift([result, result]) == pytest.approx({**summary, "n_tokens": 2 * len(response),
+                                                               "n_samples": 2})
     # the selector keeps the sound-event word "barking" and the source "dog"
     picked = "".join(s for s, keep in zip(result.token_strings, result.selected.tolist()) if keep)
     assert picked == "dogbarking"

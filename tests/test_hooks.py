@@ -9,8 +9,8 @@ from hooked_av import InputError, LayerIndexError, PlaceholderMismatchError, Unk
 
 PER_LAYER = ["hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k",
              "attn.hook_v", "attn.hook_rot_q", "attn.hook_rot_k", "attn.hook_attn_mask", "attn.hook_attn_scores",
-             "attn.hook_pattern", "attn.hook_z", "attn.hook_result", "hook_attn_out", "hook_resid_mid", "ln2.hook_scale",
-             "ln2.hook_normalized", "mlp.hook_pre", "mlp.hook_pre_linear", "mlp.hook_post", "hook_mlp_out",
+             "attn.hook_pattern", "attn.hook_z", "attn.hook_result", "hook_attn_out", "hook_resid_mid",
+             "ln2.hook_scale", "ln2.hook_normalized", "mlp.hook_pre", "mlp.hook_pre_linear", "mlp.hook_post", "hook_mlp_out",
              "hook_resid_post"]
 
 
@@ -265,7 +265,8 @@ def test_a_misspelt_hook_name_gets_close_matches_with_its_layer(omni):
 def test_a_misspelt_name_in_a_names_filter_list_raises(omni, omni_batches):
     _, _, model = omni
     with pytest.raises(UnknownHookError, match="blocks.0.hook_resid_post"):
-        model.run_with_cache(omni_batches["text"], names_filter=["blocks.1.hook_resid_post", "blocks.0.hook_resid_psot"])
+        model.run_with_cache(omni_batches["text"],
+                             names_filter=["blocks.1.hook_resid_post", "blocks.0.hook_resid_psot"])
     with pytest.raises(UnknownHookError, match="blocks.1.hook_resid_post"):
         model.run_with_cache(omni_batches["text"], names_filter="blocks.1.hook_resid_pots")
     _, cache = model.run_with_cache(omni_batches["text"], names_filter=["blocks.1.hook_resid_post"])
@@ -276,7 +277,8 @@ def test_negative_layers_in_hook_names_are_normalised(omni, omni_batches):
     _, _, model = omni
     batch = omni_batches["text"]
     seen = {}
-    model.run_with_hooks(batch, fwd_hooks=[("blocks.-1.hook_resid_post", lambda x, hook: seen.setdefault(hook.name, x))])
+    model.run_with_hooks(batch, fwd_hooks=[("blocks.-1.hook_resid_post",
+                                            lambda x, hook: seen.setdefault(hook.name, x))])
     assert list(seen) == [f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]
     _, cache = model.run_with_cache(batch, names_filter=["blocks.-2.hook_resid_post"])
     assert list(cache.keys()) == [f"blocks.{model.cfg.n_layers - 2}.hook_resid_post"]

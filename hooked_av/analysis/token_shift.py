@@ -60,7 +60,8 @@ class TokenShiftResult:
     def to_frame(self):
         import pandas as pd
 
-        return pd.DataFrame({"sample_id": self.sample_id, "token_id": self.response_ids.tolist(), "token": self.token_strings,
+        return pd.DataFrame({"sample_id": self.sample_id, "token_id": self.response_ids.tolist(),
+                             "token": self.token_strings,
                              "kl_av_base": self.kl_av_base.tolist(), "kl_base_av": self.kl_base_av.tolist(),
                              "base_rank": self.base_rank.tolist(), "bucket": self.buckets,
                              "selected": self.selected.tolist()})
