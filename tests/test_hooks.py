@@ -365,3 +365,17 @@ def test_hook_result_gives_per_head_outputs_and_keeps_the_layer_fused(omni, omni
                                                          lambda x, hook: zero_head(x, hook, 2))])
     via_z = model.run_with_hooks(batch, fwd_hooks=[("blocks.0.attn.hook_z", lambda x, hook: zero_head(x, hook, 2))])
     assert torch.allclose(via_result, via_z, atol=1e-4) and not torch.allclose(via_result, model(batch), atol=1e-4)
+
+
+def test_transformer_lens_4_utilities_name_our_hooks(omni):
+    """docs/architecture.md points TransformerLens 3 habits (`from transformer_lens import utils`) to
+    `transformer_lens.utilities`; the names its get_act_name writes are hook points here, negative layers too."""
+    from transformer_lens.utilities import get_act_name
+
+    _, _, model = omni
+    with pytest.raises(ImportError, match="utilities"):
+        from transformer_lens import utils  # noqa: F401
+    for name in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "pattern", "attn_scores", "q", "k",
+                 "v", "z", "result", "rot_q", "rot_k", "pre", "post"):
+        assert model.hook_name(get_act_name(name, 1)) in model.hook_dict, name
+    assert model.hook_name(get_act_name("resid_post", -1)) == f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
