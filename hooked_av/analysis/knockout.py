@@ -251,8 +251,7 @@ def knockout_sweep(model, rows: Iterable[ManifestRow], out_path: str | Path, *,
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     skipped_path = out_path.with_name(out_path.name + ".skipped.jsonl")
-    key = lambda r: (r["sample_id"], r["prompt"], r["source"], r["centre_layer"])  # noqa: E731
-    done = read_done(out_path, key) | read_done(skipped_path, key)
+    done = read_done(out_path, sweep_key) | read_done(skipped_path, sweep_key)
     configs = sweep_configurations(model.cfg.n_layers, sources, window, include_last_prompt_position, baseline)
     with logging_redirect_tqdm():
         for row in tqdm(rows, desc="knockout sweep", unit="sample"):
@@ -306,7 +305,12 @@ def sweep_sample(model, media: dict[str, Any], sample_id: str, prompt: str,
             rows.append(SweepRow(sample_id, prompt, source, centre, list(ko.layers) if ko else [],
                                  include_last_prompt_position, text, trim_after_stop(row_tokens, stops)))
     append_rows(out_path, (asdict(r) for r in rows))
-    return {r.key() for r in rows} | {(s["sample_id"], prompt, s["source"], s["centre_layer"]) for s in skips}
+    return {r.key() for r in rows} | {sweep_key(s) for s in skips}
+
+
+def sweep_key(row: Mapping[str, Any]) -> tuple:
+    """What identifies a sweep row (or a recorded skip): sample, prompt, source and centre layer."""
+    return (row["sample_id"], row["prompt"], row["source"], row["centre_layer"])
 
 
 def trim_after_stop(tokens: list[int], stops: set[int]) -> list[int]:
