@@ -78,7 +78,11 @@ def test_attention_figure(omni, omni_batches, tmp_path, drawn):
     assert len(table) == model.cfg.n_layers * 3
     video = table[table.group == "video"].sort_values("layer")
     assert np.allclose(video["mean"], agg.mean[:, agg.groups.index("video")])
-    assert agg.to_frame().equals(agg.to_frame()) and len(agg.to_frame()) == model.cfg.n_layers * len(agg.groups)
+    frame = agg.to_frame()
+    assert len(frame) == model.cfg.n_layers * len(agg.groups)
+    audio_1 = frame[(frame.layer == 1) & (frame.group == "audio")].iloc[0]
+    gi = agg.groups.index("audio")
+    assert (audio_1["mean"], audio_1.ci_low, audio_1.ci_high) == (agg.mean[1, gi], agg.ci_low[1, gi], agg.ci_high[1, gi])
 
 
 def test_logit_lens_figure_over_many_positions(omni, media, tmp_path, drawn):
