@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from hooked_av import InputError, UnknownHookError
 from hooked_av.analysis.patching import activation_patch

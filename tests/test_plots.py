@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from matplotlib.container import ErrorbarContainer
 from matplotlib.text import Text
 from PIL import Image
