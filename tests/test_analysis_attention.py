@@ -70,3 +70,56 @@ def test_aggregate_gives_mean_and_a_band_around_it(omni, omni_batches):
     assert agg.n_samples == 3
     assert (abs(agg.mean - shares.mean(0)) < 1e-6).all()
     assert (agg.ci_low <= agg.mean + 1e-9).all() and (agg.mean <= agg.ci_high + 1e-9).all()
+
+
+def test_a_custom_stop_token_and_what_follows_are_not_queries(omni, media):
+    """Reference: each row alone, teacher-forced over the tokens it fed back before its stop token; the pattern
+    rows of those positions, summed per group, pooled over both rows."""
+    from hooked_av.model.modality import Modality
+    from tests.conftest import PROMPT
+
+    _, _, model = omni
+    prompts, videos, audios = [PROMPT, "What do you hear?"], [media["video"], media["video2"]], \
+        [media["audio"], media["audio2"]]
+    batch = model.prepare_inputs(prompts, video=videos, audio=audios)
+    free = model.generate(batch, max_new_tokens=8, stop_token_ids=[]).new_tokens
+    stop = int(free[1, 4])  # row 1 stops after 4 queries; row 0 goes on while row 1 is padded
+    assert stop not in free[0].tolist() and stop not in free[1, :4].tolist()
+    result = attention_by_modality(model, batch, max_new_tokens=8, stop_token_ids=[stop])
+    new = model.generate(batch, max_new_tokens=8, stop_token_ids=[stop]).new_tokens
+    groups = {"video": ("video",), "audio": ("audio",), "image": ("image",), "text": ("text",)}
+    total, n_queries = torch.zeros(model.cfg.n_layers, model.cfg.n_heads, 5), 0
+    for r in range(2):
+        row = new[r].tolist()
+        fed_back = row.index(stop) if stop in row else len(row) - 1
+        single = model.prepare_inputs(prompts[r], video=videos[r], audio=audios[r])
+        n = single["input_ids"].shape[1]
+        ids = torch.cat([single["input_ids"], new[r:r + 1, :fed_back]], dim=1)
+        _, cache = model.run_with_cache({**single, "input_ids": ids, "attention_mask": torch.ones_like(ids)},
+                                        names_filter=lambda name: name.endswith("hook_pattern"))
+        codes = torch.cat([model.modality_map(single).codes[0], torch.full((fed_back,), int(Modality.GENERATED))])
+        key_group = group_index(codes, groups)
+        for layer in range(model.cfg.n_layers):
+            pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0, :, n:n + fed_back]  # [head, query, key]
+            total[layer] += torch.stack([pattern[..., key_group == g].sum(-1) for g in range(5)], -1).sum(1)
+        n_queries += fed_back
+    assert result.n_queries == n_queries == 7 + 4
+    assert torch.allclose(result.per_head, total / n_queries, atol=1e-4)
+
+
+def test_over_manifest_rows_with_a_progress_bar(omni, tmp_path, capsys):
+    from hooked_av.analysis.attention import attention_over_samples
+    from hooked_av.data.manifest import ManifestRow, load_sample, sample_inputs
+    from tests.test_media import write_clip
+
+    _, _, model = omni
+    write_clip(tmp_path / "a.mp4", seconds=2.0)
+    rows = [ManifestRow("a", tmp_path / "a.mp4", "video", ["a tone"]),
+            ManifestRow("broken", tmp_path / "missing.mp4", "video", ["a tone"])]
+    results = attention_over_samples(model, rows, prompt="Describe.", max_new_tokens=3, stop_token_ids=[])
+    assert [r.sample_id for r in results] == ["a"]
+    batch = model.prepare_inputs("Describe.", **sample_inputs(load_sample(rows[0])))
+    ref = attention_by_modality(model, batch, max_new_tokens=3, stop_token_ids=[])
+    assert torch.equal(results[0].per_head, ref.per_head)
+    err = capsys.readouterr().err
+    assert "attention by modality" in err and "2/2" in err and "skipping sample broken" in err

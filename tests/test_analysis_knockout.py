@@ -7,10 +7,13 @@ import json
 import pytest
 import torch
 
-from hooked_av import HookedAVModel
+from hooked_av import HookedAVModel, InputError
 from hooked_av.analysis.knockout import (Knockout, generate_knockouts, generate_with_knockout, knockout_hooks,
                                          knockout_sweep, layer_windows, sweep_configurations)
+from hooked_av.data.manifest import ManifestRow, load_sample
+from hooked_av.model.errors import EmptySelectionError
 from hooked_av.testing.tiny import tiny_omni_thinker
+from tests.test_media import write_clip
 
 NOT_AUDIO = ("video", "image", "text", "template", "special", "generated")
 
@@ -114,30 +117,87 @@ def test_shared_prefix_sweep_equals_each_configuration_from_scratch(omni, omni_b
     assert len({tuple(r.tolist()) for r in shared}) > 1  # the knockouts do change the output
 
 
-def test_sweep_writes_one_row_per_configuration_and_resumes(omni, media, tmp_path):
+@pytest.fixture(scope="module")
+def clip_rows(tmp_path_factory):
+    """Manifest rows of two clips with their own sound track, and one whose clip is missing."""
+    folder = tmp_path_factory.mktemp("clips")
+    write_clip(folder / "a.mp4", seconds=2.0)
+    write_clip(folder / "b.mp4", seconds=1.0, size=(48, 64))
+    return [ManifestRow("s1", folder / "a.mp4", "video", ["a tone"], video_caption="grey frames"),
+            ManifestRow("broken", folder / "missing.mp4", "video", ["a tone"]),
+            ManifestRow("s2", folder / "b.mp4", folder / "a.mp4", ["a tone"], counterfactual=True,
+                        video_source="b", audio_source="a", similarity=0.1)]
+
+
+def test_sweep_writes_one_row_per_configuration_and_resumes(omni, clip_rows, tmp_path):
     _, _, model = omni
-    samples = [{"id": "s1", "video": media["video"], "audio": media["audio"]},
-               {"id": "broken", "video": str(tmp_path / "missing.mp4")},
-               {"id": "s2", "video": media["video2"], "audio": media["audio2"]}]
     prompts = ("Describe what you see.", "Describe what you hear.")
     out = tmp_path / "sweep.jsonl"
-    knockout_sweep(model, samples[:1], out, prompts=prompts, window=1, max_new_tokens=4)
+    knockout_sweep(model, clip_rows[:1], out, prompts=prompts, window=1, max_new_tokens=4)
     rows = [json.loads(l) for l in out.read_text().splitlines()]
     per_prompt = 1 + 2 * model.cfg.n_layers
     assert len(rows) == 2 * per_prompt
     # a run killed mid-write leaves a torn line; the rerun repairs it, skips what is done, adds the rest
     out.write_text(out.read_text() + '{"sample_id": "s2", "prom')
-    knockout_sweep(model, samples, out, prompts=prompts, window=1, max_new_tokens=4)
+    knockout_sweep(model, clip_rows, out, prompts=prompts, window=1, max_new_tokens=4)
     rows = [json.loads(l) for l in out.read_text().splitlines()]
     keys = [(r["sample_id"], r["prompt"], r["source"], r["centre_layer"]) for r in rows]
     assert len(keys) == len(set(keys)) == 4 * per_prompt
     errors = [json.loads(l) for l in (tmp_path / "sweep.jsonl.errors.jsonl").read_text().splitlines()]
     assert errors[0]["sample_id"] == "broken" and errors[0]["error"] == "MissingMediaError"
-    baseline = next(r for r in rows if r["sample_id"] == "s1" and r["source"] == "none" and
-                    r["prompt"] == prompts[0])
-    ref = model.generate(model.prepare_inputs(prompts[0], video=media["video"], audio=media["audio"]),
-                         max_new_tokens=4)
-    assert baseline["tokens"] == [t for t in ref.new_tokens[0].tolist() if t != model.adapter.pad_token_id()]
+    for row in clip_rows[::2]:  # the sound is the video's own track (interleaved) or a separate audio input
+        baseline = next(r for r in rows if r["sample_id"] == row.sample_id and r["source"] == "none" and
+                        r["prompt"] == prompts[0])
+        sample = load_sample(row)
+        ref = model.generate(model.prepare_inputs(prompts[0], video=sample.frames, audio=sample.audio,
+                                                  use_audio_in_video=row.audio_in_video), max_new_tokens=4)
+        assert baseline["tokens"] == [t for t in ref.new_tokens[0].tolist() if t != model.adapter.pad_token_id()]
+
+
+def test_sweep_rejects_duplicate_sample_ids_up_front(omni, clip_rows, tmp_path):
+    _, _, model = omni
+    twin = ManifestRow("s1", clip_rows[2].video, "video", ["another clip"])
+    out = tmp_path / "sweep.jsonl"
+    with pytest.raises(InputError, match="sample_id 's1' is used by 2 samples"):
+        knockout_sweep(model, [clip_rows[0], twin], out, window=1, max_new_tokens=2)
+    assert not out.exists()
+
+
+def test_a_knockout_that_selects_nothing_is_an_error(omni, omni_batches):
+    _, _, model = omni
+    batch = omni_batches["audio+video"]  # no image positions
+    n = batch["input_ids"].shape[1]
+    with pytest.raises(EmptySelectionError, match="sources .*'image'.* select no position"):
+        generate_with_knockout(model, batch, Knockout(sources="image", layers=(0,)), max_new_tokens=2)
+    with pytest.raises(EmptySelectionError, match="targets .*'image'.* select no position"):
+        knockout_hooks(model, [Knockout(sources="audio", targets="image", layers=(0,))], model.modality_map(batch), n)
+    with pytest.raises(EmptySelectionError, match="image"):
+        generate_knockouts(model, batch, [None, Knockout(sources="image", layers=(0,))], max_new_tokens=2)
+    with pytest.raises(EmptySelectionError, match="position 5000"):
+        knockout_hooks(model, [Knockout(sources=5000, targets=(n - 1,), layers=(0,))], model.modality_map(batch), n)
+
+
+def test_sweep_records_a_skip_for_a_source_the_sample_lacks(omni, clip_rows, tmp_path):
+    _, _, model = omni
+    out = tmp_path / "sweep.jsonl"
+    for _ in range(2):  # the rerun neither retries nor duplicates the skips
+        knockout_sweep(model, clip_rows[:1], out, sources=("audio", "image"), prompts=("Describe.",), window=1,
+                       max_new_tokens=2)
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    assert sorted((r["source"], r["centre_layer"]) for r in rows) == [("audio", 0), ("audio", 1), ("none", None)]
+    skips = [json.loads(l) for l in (tmp_path / "sweep.jsonl.skipped.jsonl").read_text().splitlines()]
+    assert [(s["sample_id"], s["source"], s["centre_layer"]) for s in skips] == [("s1", "image", 0), ("s1", "image", 1)]
+    assert "no position" in skips[0]["reason"] and "image" in skips[0]["reason"]
+
+
+def test_sweep_shows_progress_and_writes_log_lines_above_the_bar(omni, clip_rows, tmp_path, capsys):
+    _, _, model = omni
+    knockout_sweep(model, clip_rows[:2], tmp_path / "sweep.jsonl", prompts=("Describe.",), window=1,
+                   max_new_tokens=2)
+    err = capsys.readouterr().err
+    assert "knockout sweep" in err and "2/2" in err
+    lines = [line.split("\r")[-1] for line in err.split("\n")]
+    assert any(line.startswith("skipping sample broken") for line in lines)
 
 
 class ConstantJudge:
@@ -150,7 +210,7 @@ class ConstantJudge:
                 for p in prompts]
 
 
-def test_sweep_scores_make_the_knockout_figure(omni, media, tmp_path):
+def test_sweep_scores_make_the_knockout_figure(omni, clip_rows, tmp_path):
     from hooked_av.analysis.knockout import TASK_PROMPTS, knockout_score_table
     from hooked_av.data.jsonl import append_rows
     from hooked_av.eval import Judge, load_scores, score_captions
@@ -162,9 +222,10 @@ def test_sweep_scores_make_the_knockout_figure(omni, media, tmp_path):
                             "video_caption": "a dog on grass", "counterfactual": cf,
                             **({"video_source": "f1", "audio_source": "f0", "similarity": 0.1} if cf else {})}
                            for sid, cf in (("f1", False), ("c1", True))])
-    samples = [{"id": "f1", "video": media["video"], "audio": media["audio"]},
-               {"id": "c1", "video": media["video2"], "audio": media["audio"]}]
-    sweep = knockout_sweep(model, samples, tmp_path / "sweep.jsonl", prompts=tuple(TASK_PROMPTS.values()),
+    rows = [ManifestRow("f1", clip_rows[0].video, "video", ["a dog barks"]),
+            ManifestRow("c1", clip_rows[2].video, clip_rows[0].video, ["a dog barks"], counterfactual=True,
+                        video_source="b", audio_source="a", similarity=0.1)]
+    sweep = knockout_sweep(model, rows, tmp_path / "sweep.jsonl", prompts=tuple(TASK_PROMPTS.values()),
                            window=1, max_new_tokens=3)
     summary = score_captions(manifest, sweep, tmp_path / "scores.jsonl", Judge(ConstantJudge()))
     per_sample = 2 * 2 * (1 + 2 * model.cfg.n_layers)  # prompts x modalities x configurations
@@ -174,5 +235,5 @@ def test_sweep_scores_make_the_knockout_figure(omni, media, tmp_path):
     assert set(table.setting) == {"factual", "counterfactual"} and set(table.task) == {"audio", "video"}
     assert set(table.source) == {"none", "audio", "video"}
     assert sorted(table[table.source == "audio"].centre_layer.unique()) == list(range(model.cfg.n_layers))
-    plot_knockout_curves(table, tmp_path / "fig6.png")
+    plot_knockout_curves(table, tmp_path / "fig6.png", window=1)
     assert (tmp_path / "fig6.png").stat().st_size > 10_000

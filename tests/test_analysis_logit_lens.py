@@ -82,23 +82,34 @@ def test_junk_filter_and_word_set():
     assert len(frame) == 12 and set(frame.columns) >= {"layer", "position", "rank", "token", "prob"}
 
 
-def test_latent_word_sets_are_written_resumably_and_scored_by_the_judge(omni, media, tmp_path):
+def test_latent_word_sets_are_written_resumably_and_scored_by_the_judge(omni, tmp_path, capsys):
     import json
 
+    import pytest
+
+    from hooked_av import InputError
     from hooked_av.analysis.logit_lens import latent_words_run
     from hooked_av.data.jsonl import append_rows, iter_rows
+    from hooked_av.data.manifest import ManifestRow, load_sample
     from hooked_av.eval import Judge, load_scores, score_captions
+    from tests.test_media import write_clip
 
     _, _, model = omni
-    samples = [{"id": "s1", "video": media["video"], "audio": media["audio"]},
-               {"id": "broken", "video": str(tmp_path / "missing.mp4"), "audio": media["audio"]}]
-    out = latent_words_run(model, samples[:1], tmp_path / "words.jsonl", last_layers=2)
-    latent_words_run(model, samples, out, last_layers=2)  # a rerun adds only what is missing
+    write_clip(tmp_path / "a.mp4", seconds=2.0)
+    rows = [ManifestRow("s1", tmp_path / "a.mp4", "video", ["a tone"]),
+            ManifestRow("broken", tmp_path / "missing.mp4", "video", ["a tone"])]
+    with pytest.raises(InputError, match="sample_id 's1' is used by 2 samples"):
+        latent_words_run(model, [rows[0], rows[0]], tmp_path / "words.jsonl")
+    out = latent_words_run(model, rows[:1], tmp_path / "words.jsonl", last_layers=2)
+    latent_words_run(model, rows, out, last_layers=2)  # a rerun adds only what is missing
     (row,) = list(iter_rows(out))
-    expected = logit_lens(model, model.prepare_inputs("Describe what you see and hear.", video=media["video"],
-                                                      audio=media["audio"]), top_k=1).words(last_layers=2)
+    sample = load_sample(rows[0])
+    batch = model.prepare_inputs("Describe what you see and hear.", video=sample.frames, audio=sample.audio,
+                                 use_audio_in_video=True)
+    expected = logit_lens(model, batch, top_k=1).words(last_layers=2)
     assert row["sample_id"] == "s1" and row["words"] == expected
     assert "broken" in (tmp_path / "words.jsonl.errors.jsonl").read_text()
+    assert "latent words" in capsys.readouterr().err
 
     class Recorder:
         name = "recorder"
@@ -117,3 +128,17 @@ def test_latent_word_sets_are_written_resumably_and_scored_by_the_judge(omni, me
     assert score["modality"] == "latent_audio" and score["score"] == 0.5
     assert backend.prompts[0].endswith(f"Decoded words: {', '.join(expected) or '(empty)'}\nAnswer:")
     assert "a tone plays" in backend.prompts[0]
+
+
+def test_positions_outside_the_sequence_are_a_typed_error(omni, omni_batches):
+    import pytest
+
+    from hooked_av import InputError
+
+    _, _, model = omni
+    batch = omni_batches["audio"]
+    n = batch["input_ids"].shape[1]
+    with pytest.raises(InputError, match=f"position 10000 .* {n} positions"):
+        logit_lens(model, batch, positions=[3, 10000])
+    with pytest.raises(InputError, match="position -1"):
+        logit_lens(model, batch, positions=[-1])

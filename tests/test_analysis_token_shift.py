@@ -49,7 +49,8 @@ def test_base_ranks_kl_and_buckets_against_the_base_vlm(omni, vl, media):
     summary = result.summary()
     assert summary["n_tokens"] == len(response)
     assert summary["unshifted"] + summary["marginal"] + summary["shifted"] == pytest.approx(1.0)
-    assert aggregate_shift([result, result]) == pytest.approx({**summary, "n_tokens": 2 * len(response)})
+    assert aggregate_shift([result, result]) == pytest.approx({**summary, "n_tokens": 2 * len(response),
+                                                               "n_samples": 2})
     # the selector keeps the sound-event word "barking" and the source "dog"
     picked = "".join(s for s, keep in zip(result.token_strings, result.selected.tolist()) if keep)
     assert picked == "dogbarking"
@@ -70,3 +71,25 @@ def test_lexicon_selector_marks_whole_words():
     assert select(["A", " sir", "en", " and", " a", " dog", "gy"]) == [False, True, True, False, False, False,
                                                                        False]
     assert select(["dog", "!"]) == [True, False]
+
+
+def test_over_manifest_rows_with_a_progress_bar(omni, vl, tmp_path, capsys):
+    from hooked_av.analysis.token_shift import token_shift_over_samples
+    from hooked_av.data.manifest import ManifestRow, load_sample
+    from tests.test_media import write_clip
+
+    _, _, model = omni
+    _, _, base = vl
+    write_clip(tmp_path / "a.mp4", seconds=2.0)
+    rows = [ManifestRow("a", tmp_path / "a.mp4", "video", ["a tone"]),
+            ManifestRow("broken", tmp_path / "missing.mp4", "video", ["a tone"])]
+    results = token_shift_over_samples(model, base, rows, max_new_tokens=4)
+    assert [r.sample_id for r in results] == ["a"]
+    sample = load_sample(rows[0])
+    ref = token_shift(model, base, video=sample.frames, audio=sample.audio, use_audio_in_video=True,
+                      max_new_tokens=4)
+    assert torch.equal(results[0].response_ids, ref.response_ids)
+    assert torch.equal(results[0].base_rank, ref.base_rank)
+    assert results[0].to_frame().sample_id.unique().tolist() == ["a"]
+    err = capsys.readouterr().err
+    assert "token shift" in err and "2/2" in err and "skipping sample broken" in err

@@ -9,8 +9,8 @@ from hooked_av import InputError, LayerIndexError, PlaceholderMismatchError, Unk
 
 PER_LAYER = ["hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k",
              "attn.hook_v", "attn.hook_rot_q", "attn.hook_rot_k", "attn.hook_attn_mask", "attn.hook_attn_scores",
-             "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "ln2.hook_scale",
-             "ln2.hook_normalized", "mlp.hook_pre", "mlp.hook_pre_linear", "mlp.hook_post", "hook_mlp_out",
+             "attn.hook_pattern", "attn.hook_z", "attn.hook_result", "hook_attn_out", "hook_resid_mid",
+             "ln2.hook_scale", "ln2.hook_normalized", "mlp.hook_pre", "mlp.hook_pre_linear", "mlp.hook_post", "hook_mlp_out",
              "hook_resid_post"]
 
 
@@ -248,3 +248,134 @@ def test_full_omni_model_wraps_its_thinker(omni, omni_batches):
     assert wrapped.embed is full.thinker.model.language_model.embed_tokens
     batch = omni_batches["audio+video"]
     assert torch.allclose(wrapped(batch), model(batch), atol=1e-5)
+
+
+def test_a_misspelt_hook_name_gets_close_matches_with_its_layer(omni):
+    _, _, model = omni
+    with pytest.raises(UnknownHookError) as err:
+        model.add_hook("blocks.0.hook_resid_psot", lambda x, hook: x)
+    assert "'blocks.0.hook_resid_post'" in str(err.value)
+    with pytest.raises(UnknownHookError) as err:
+        model.add_hook("blocks.1.attn.hook_patern", lambda x, hook: x)
+    assert "'blocks.1.attn.hook_pattern'" in str(err.value)
+    with pytest.raises(UnknownHookError, match="'hook_inputs_embeds'"):
+        model.add_hook("hook_input_embeds", lambda x, hook: x)
+
+
+def test_a_misspelt_name_in_a_names_filter_list_raises(omni, omni_batches):
+    _, _, model = omni
+    with pytest.raises(UnknownHookError, match="blocks.0.hook_resid_post"):
+        model.run_with_cache(omni_batches["text"],
+                             names_filter=["blocks.1.hook_resid_post", "blocks.0.hook_resid_psot"])
+    with pytest.raises(UnknownHookError, match="blocks.1.hook_resid_post"):
+        model.run_with_cache(omni_batches["text"], names_filter="blocks.1.hook_resid_pots")
+    _, cache = model.run_with_cache(omni_batches["text"], names_filter=["blocks.1.hook_resid_post"])
+    assert list(cache.keys()) == ["blocks.1.hook_resid_post"]
+
+
+def test_negative_layers_in_hook_names_are_normalised(omni, omni_batches):
+    _, _, model = omni
+    batch = omni_batches["text"]
+    seen = {}
+    model.run_with_hooks(batch, fwd_hooks=[("blocks.-1.hook_resid_post",
+                                            lambda x, hook: seen.setdefault(hook.name, x))])
+    assert list(seen) == [f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]
+    _, cache = model.run_with_cache(batch, names_filter=["blocks.-2.hook_resid_post"])
+    assert list(cache.keys()) == [f"blocks.{model.cfg.n_layers - 2}.hook_resid_post"]
+    assert torch.equal(cache["blocks.-2.hook_resid_post"], cache["blocks.0.hook_resid_post"])
+    with pytest.raises(LayerIndexError, match=r"-2\.\.-1"):
+        model.add_hook("blocks.-3.hook_resid_post", lambda x, hook: x)
+
+
+def test_generate_needs_at_least_one_new_token(omni, omni_batches):
+    _, _, model = omni
+    with pytest.raises(InputError, match="max_new_tokens must be at least 1, got 0"):
+        model.generate(omni_batches["text"], max_new_tokens=0)
+
+
+def test_a_string_is_wrapped_in_the_chat_template(omni, omni_batches):
+    _, _, model = omni
+    batch = model.prepare_inputs(PROMPT_TEXT)
+    assert torch.equal(model(PROMPT_TEXT), model(batch))
+    assert torch.equal(model.generate(PROMPT_TEXT, max_new_tokens=4).sequences,
+                       model.generate(batch, max_new_tokens=4).sequences)
+    pair = [PROMPT_TEXT, "Hi"]
+    assert torch.equal(model(pair), model(model.prepare_inputs(pair)))
+    _, cache = model.run_with_cache(PROMPT_TEXT, names_filter="blocks.0.hook_resid_post")
+    assert cache.modality_map.counts()["text"] == len(PROMPT_TEXT)  # one byte token per character here
+    with pytest.raises(InputError, match="a string, a list of strings, a processor batch"):
+        model(3.5)
+
+
+PROMPT_TEXT = "What is this?"
+
+
+def test_return_type_both_gives_logits_and_loss(omni, omni_batches):
+    _, _, model = omni
+    batch = omni_batches["audio"]
+    logits, loss = model(batch, return_type="both")
+    assert torch.equal(logits, model(batch))
+    assert torch.equal(loss, model(batch, return_type="loss"))
+    with pytest.raises(InputError, match="'both'"):
+        model(batch, return_type="probs")
+
+
+def test_token_helpers_use_the_chat_template_and_media(omni, media):
+    _, processor, model = omni
+    tok = processor.tokenizer
+    ids = model.to_tokens(PROMPT_TEXT, audio=media["audio"])
+    batch = model.prepare_inputs(PROMPT_TEXT, audio=media["audio"])
+    assert torch.equal(ids, batch["input_ids"])
+    raw = model.to_tokens(PROMPT_TEXT, chat_template=False)
+    assert raw[0].tolist() == tok.encode(PROMPT_TEXT, add_special_tokens=False)
+    strs = model.to_str_tokens(PROMPT_TEXT, audio=media["audio"])
+    assert len(strs) == ids.shape[1] and strs[:3] == ["<|im_start|>", "s", "y"]
+    assert strs.count("<|AUDIO|>") == int(model.modality_map(batch).mask("audio").sum())
+    assert model.to_str_tokens(batch) == strs and model.to_str_tokens(ids[0]) == strs
+    assert model.to_string(raw[0]) == PROMPT_TEXT and model.to_string(raw) == [PROMPT_TEXT]
+    audio = model.modality_map(batch).positions("audio")
+    assert model.get_token_position("<|AUDIO|>", batch) == int(audio[0])
+    assert model.get_token_position("<|AUDIO|>", PROMPT_TEXT, mode="last", audio=media["audio"]) == int(audio[-1])
+    assert model.get_token_position(tok.convert_tokens_to_ids("<|audio_bos|>"), ids) == int(audio[0]) - 1
+    with pytest.raises(InputError, match="not in the input"):
+        model.get_token_position("<|VIDEO|>", batch)
+    with pytest.raises(InputError, match="chat_template=False"):
+        model.to_tokens(PROMPT_TEXT, audio=media["audio"], chat_template=False)
+
+
+def test_hook_result_gives_per_head_outputs_and_keeps_the_layer_fused(omni, omni_batches):
+    _, _, model = omni
+    batch = omni_batches["audio"]
+    _, cache = model.run_with_cache(batch, names_filter=["blocks.1.attn.hook_result", "blocks.1.attn.hook_z",
+                                                         "blocks.1.hook_attn_out"])
+    assert [b.attn.last_path for b in model.blocks] == ["sdpa", "sdpa"]
+    result = cache["blocks.1.attn.hook_result"]
+    assert result.shape == (1, batch["input_ids"].shape[1], model.cfg.n_heads, model.cfg.d_model)
+    attn = model.blocks[1].attn
+    by_hand = torch.einsum("bphd,hdm->bphm", cache["blocks.1.attn.hook_z"], attn.W_O)
+    assert torch.allclose(result, by_hand, atol=1e-5)
+    assert torch.allclose(result.sum(2) + attn.b_O, cache["blocks.1.hook_attn_out"], atol=1e-5)
+
+    def zero_head(x, hook, dim):
+        x = x.clone()
+        x.select(dim, 2).zero_()
+        return x
+
+    via_result = model.run_with_hooks(batch, fwd_hooks=[("blocks.0.attn.hook_result",
+                                                         lambda x, hook: zero_head(x, hook, 2))])
+    via_z = model.run_with_hooks(batch, fwd_hooks=[("blocks.0.attn.hook_z", lambda x, hook: zero_head(x, hook, 2))])
+    assert torch.allclose(via_result, via_z, atol=1e-4) and not torch.allclose(via_result, model(batch), atol=1e-4)
+
+
+def test_transformer_lens_4_utilities_name_our_hooks(omni):
+    """docs/architecture.md points TransformerLens 3 habits (`from transformer_lens import utils`) to
+    `transformer_lens.utilities`; the names its get_act_name writes are hook points here, negative layers too."""
+    from transformer_lens.utilities import get_act_name
+
+    _, _, model = omni
+    with pytest.raises(ImportError, match="utilities"):
+        from transformer_lens import utils  # noqa: F401
+    for name in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "pattern", "attn_scores", "q", "k",
+                 "v", "z", "result", "rot_q", "rot_k", "pre", "post"):
+        assert model.hook_name(get_act_name(name, 1)) in model.hook_dict, name
+    assert model.hook_name(get_act_name("resid_post", -1)) == f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"

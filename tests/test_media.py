@@ -6,7 +6,7 @@ import av
 import numpy as np
 import pytest
 
-from hooked_av import MissingMediaError
+from hooked_av import InputError, MissingMediaError
 from hooked_av.data.media import load_audio, load_video
 
 
@@ -75,3 +75,42 @@ def test_prepare_inputs_reads_the_sound_track_of_a_video_file(omni, tmp_path):
     runs = [r for r in model.modality_map(from_file).runs() if r[0] in ("video", "audio")]
     assert [name for name, _ in runs] == ["video", "audio", "video", "audio"]
     assert model(from_file).shape[1] == from_file["input_ids"].shape[1]
+
+
+def write_png(path, size=(40, 30)):
+    with av.open(str(path), "w", format="image2") as out:
+        stream = out.add_stream("png", rate=1)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "rgb24"
+        out.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((size[1], size[0], 3), np.uint8), format="rgb24")))
+        out.mux(stream.encode(None))
+
+
+def test_a_still_image_as_video_and_a_clip_as_image_are_refused(omni, tmp_path):
+    from hooked_av.data.media import load_image
+    from hooked_av.model.errors import MediaKindError
+
+    _, _, model = omni
+    png, clip = tmp_path / "still.png", tmp_path / "clip.mp4"
+    write_png(png)
+    write_clip(clip, seconds=1.0)
+    assert load_image(png).shape == (30, 40, 3)
+    with pytest.raises(MediaKindError, match="still.png is a still image .*image="):
+        load_video(png)
+    with pytest.raises(MediaKindError, match="clip.mp4 is a video .*video="):
+        load_image(clip)
+    with pytest.raises(MediaKindError, match="still.png"):
+        model.prepare_inputs("What is this?", video=png)
+    with pytest.raises(MediaKindError, match="clip.mp4"):
+        model.prepare_inputs("What is this?", image=clip)
+
+
+def test_use_audio_in_video_refuses_a_second_sound(omni, tmp_path):
+    from hooked_av.testing.tiny import synthetic_audio
+
+    _, _, model = omni
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, seconds=2.0)
+    with pytest.raises(InputError, match="use_audio_in_video=True .*own sound track.*audio="):
+        model.prepare_inputs("What happens?", video=clip, audio=synthetic_audio(2.0), use_audio_in_video=True)
+    with pytest.raises(InputError, match="use_audio_in_video=True"):
+        model.prepare_inputs("What happens?", video=clip, audio=clip, use_audio_in_video=True)

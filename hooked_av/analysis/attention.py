@@ -7,7 +7,7 @@ No N x N pattern is ever formed for the prompt, which stays on fused attention.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +16,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from hooked_av.analysis.samples import decoded_samples
+from hooked_av.data.manifest import ManifestRow, sample_inputs
 from hooked_av.model.errors import check_layer
 from hooked_av.model.modality import Modality
 
@@ -35,6 +37,7 @@ class ModalityAttention:
     group_sizes: list[dict[str, int]]  # prompt positions per group, per batch row
     n_queries: int  # generated-token queries averaged over
     generated_text: list[str]
+    sample_id: str | None = None  # set by attention_over_samples
 
     @property
     def shares(self) -> Float[Tensor, "layer group"]:
@@ -83,7 +86,8 @@ def attention_by_modality(model, batch: Any, *, max_new_tokens: int = 32,
 
     hooks = [(f"blocks.{layer}.attn.hook_pattern", record) for layer in layers]
     out = model.generate(batch, max_new_tokens=max_new_tokens, decode_fwd_hooks=hooks, **generate_kwargs)
-    queries = is_query(out.new_tokens, torch.tensor(model.adapter.stop_token_ids(), device=out.new_tokens.device))
+    # The stop tokens generation used (the caller's, else the family's): a stop token ends a row's queries.
+    queries = is_query(out.new_tokens, model.stop_tensor(generate_kwargs.get("stop_token_ids")))
     n_steps = len(steps[layers[0]])
     valid = queries[:, :n_steps].T.float()  # [step, batch]
     n_queries = int(valid.sum())
@@ -93,6 +97,21 @@ def attention_by_modality(model, batch: Any, *, max_new_tokens: int = 32,
     sizes = [{name: int((row == g).sum()) for g, name in enumerate(names)} for row in prompt_groups]
     return ModalityAttention(groups=names, layers=layers, per_head=per_head.cpu(), group_sizes=sizes,
                              n_queries=n_queries, generated_text=out.text)
+
+
+def attention_over_samples(model, rows: Iterable[ManifestRow], *, prompt: str = "Describe what you see and hear.",
+                           max_new_tokens: int = 32, fps: float = 2.0, sampling_rate: int = 16000,
+                           **kwargs: Any) -> list[ModalityAttention]:
+    """`attention_by_modality` for each manifest row (decoded once, the sound interleaved into the video when it is
+    the video's own track), under a progress bar; unreadable samples are logged and left out. The results carry
+    their sample_id and feed `aggregate_attention`. kwargs: groups, layers and generation settings."""
+    results = []
+    for sample in decoded_samples(rows, "attention by modality", fps, sampling_rate):
+        batch = model.prepare_inputs(prompt, **sample_inputs(sample), fps=fps)
+        result = attention_by_modality(model, batch, max_new_tokens=max_new_tokens, **kwargs)
+        result.sample_id = sample.sample_id
+        results.append(result)
+    return results
 
 
 def is_query(new_tokens: Tensor, stops: Tensor) -> Tensor:
@@ -109,6 +128,16 @@ class AggregatedAttention:
     ci_low: np.ndarray
     ci_high: np.ndarray
     n_samples: int
+    confidence: float = 0.95  # of the percentile-bootstrap interval [ci_low, ci_high]
+
+    def to_frame(self):
+        """Long table: layer, group, mean, ci_low, ci_high, n_samples (shares as fractions)."""
+        import pandas as pd
+
+        return pd.DataFrame([(layer, group, float(self.mean[li, gi]), float(self.ci_low[li, gi]),
+                              float(self.ci_high[li, gi]), self.n_samples)
+                             for li, layer in enumerate(self.layers) for gi, group in enumerate(self.groups)],
+                            columns=["layer", "group", "mean", "ci_low", "ci_high", "n_samples"])
 
 
 def aggregate_attention(results: Sequence[ModalityAttention], confidence: float = 0.95,
@@ -123,4 +152,4 @@ def aggregate_attention(results: Sequence[ModalityAttention], confidence: float 
     alpha = (1 - confidence) / 2
     return AggregatedAttention(groups=results[0].groups, layers=results[0].layers, mean=shares.mean(0),
                                ci_low=np.quantile(boot, alpha, axis=0), ci_high=np.quantile(boot, 1 - alpha, axis=0),
-                               n_samples=len(results))
+                               n_samples=len(results), confidence=confidence)

@@ -16,9 +16,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from hooked_av.data.jsonl import append_rows, read_done
-from hooked_av.model.errors import HookedAVError, InputError, check_layer
+from hooked_av.data.manifest import ManifestRow, check_unique_ids, load_sample, sample_inputs
+from hooked_av.model.errors import EmptySelectionError, HookedAVError, InputError, check_layer
 from hooked_av.model.hooked_av_model import DecodeState, Prompt, Sampling
 from hooked_av.model.kv_cache import SharedPrefixKVCache
 from hooked_av.model.modality import Modality, ModalityMap
@@ -74,6 +77,22 @@ class Knockout:
             out[:, prompt_len - 1] = True
         return out
 
+    def check_selects(self, codes: Tensor, prompt_len: int, total_len: int) -> None:
+        """Raise EmptySelectionError unless sources and targets each select a position in every batch row:
+        a knockout that blocks nothing would label the unblocked output as knocked out."""
+        for name, which in (("sources", self.sources), ("targets", self.targets)):
+            outside = [p for p in which if isinstance(p, int) and not 0 <= p < total_len]
+            if outside:
+                raise EmptySelectionError(f"knockout {name} {which}: position {outside[0]} is outside the sequence "
+                                          f"(0..{total_len - 1}: {prompt_len} prompt positions + generated ones)")
+            selected = (self.positions(which, codes, prompt_len, total_len) if name == "sources"
+                        else self.target_positions(codes, prompt_len, total_len))
+            empty = (~selected.any(1)).nonzero().flatten().tolist()
+            if empty:
+                raise EmptySelectionError(f"knockout {name} {which} select no position of batch row {empty[0]}: "
+                                          f"it has no {' / '.join(map(str, which))} positions, so the knockout "
+                                          "would block nothing")
+
 
 def layer_windows(n_layers: int, window: int = 9) -> list[tuple[int, tuple[int, ...]]]:
     """(centre, layers) for every centre layer: `window` consecutive layers centred on it, clipped at the ends."""
@@ -102,6 +121,7 @@ def knockout_hooks(model, knockouts: Sequence[Knockout | None], prompt_map: Moda
     target_queries = torch.zeros_like(blocked_keys)
     for r, ko in zip(rows, knockouts):
         if ko is not None:
+            ko.check_selects(codes[r:r + 1], prompt_len, max_len)
             blocked_keys[r] = ko.positions(ko.sources, codes[r:r + 1], prompt_len, max_len)[0]
             target_queries[r] = ko.target_positions(codes[r:r + 1], prompt_len, max_len)[0]
     hooks = []
@@ -164,6 +184,9 @@ def generate_knockouts(model, batch: Any, knockouts: Sequence[Knockout | None], 
         raise InputError("generate_knockouts takes one sample (a batch of 1)")
     prompt_len = prompt.input_ids.shape[1]
     max_len = prompt_len + max_new_tokens
+    for ko in knockouts:
+        if ko is not None:
+            ko.check_selects(prompt.modality_map.codes, prompt_len, max_len)
     split = max(first_target(knockouts, prompt.modality_map.codes, max_len), 1)
     n = len(knockouts)
     prefix = Prompt(prompt.input_ids[:, :split], prompt.inputs_embeds[:, :split], prompt.positions[:, :, :split],
@@ -208,48 +231,86 @@ def sweep_configurations(n_layers: int, sources: Sequence[str], window: int, inc
     return configs
 
 
-def knockout_sweep(model, samples: Iterable[Mapping[str, Any]], out_path: str | Path, *,
+def knockout_sweep(model, rows: Iterable[ManifestRow], out_path: str | Path, *,
                    sources: Sequence[str] = ("audio", "video"), prompts: Sequence[str] = PAPER_PROMPTS,
                    window: int = 9, max_new_tokens: int = 64, include_last_prompt_position: bool = True,
-                   baseline: bool = True, max_rows_per_pass: int = 64, **prepare_kwargs: Any) -> Path:
+                   baseline: bool = True, max_rows_per_pass: int = 64, fps: float = 2.0,
+                   sampling_rate: int = 16000, **prepare_kwargs: Any) -> Path:
     """The paper's sweep: per sample and prompt, every (source, centred window) knockout plus a baseline.
 
-    samples: mappings with "id" and media for `model.prepare_inputs` ("video", "audio", "image": arrays or
-    files; "use_audio_in_video" optional). One JSONL row per (sample, prompt, source, centre layer) is written
-    as soon as the sample's configurations are done; rerunning skips rows already in the file. A sample whose
-    media cannot be read is logged, recorded in `<out>.errors.jsonl`, and skipped.
+    rows: manifest rows (`hooked_av.data.manifest.read_manifest`), as `caption_manifest` takes them; sample ids
+    must be unique. Each clip is decoded once (frames at `fps`, sound at `sampling_rate`), the sound interleaved
+    into the video when it is the video's own track. One JSONL row per (sample, prompt, source, centre layer) is
+    written as soon as the sample's configurations are done; rerunning skips rows already in the file. A
+    configuration whose source selects no position of the sample (no image in a video clip) is not run: it is
+    recorded in `<out>.skipped.jsonl` with the reason. A sample whose media cannot be read is logged, recorded in
+    `<out>.errors.jsonl`, and skipped.
     """
+    rows = list(rows)
+    check_unique_ids(rows)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    done = read_done(out_path, key=lambda r: (r["sample_id"], r["prompt"], r["source"], r["centre_layer"]))
+    skipped_path = out_path.with_name(out_path.name + ".skipped.jsonl")
+    done = read_done(out_path, sweep_key) | read_done(skipped_path, sweep_key)
     configs = sweep_configurations(model.cfg.n_layers, sources, window, include_last_prompt_position, baseline)
-    for sample in samples:
-        sample_id = str(sample["id"])
-        for prompt in prompts:
-            todo = [c for c in configs if (sample_id, prompt, c[0], c[1]) not in done]
-            if not todo:
+    with logging_redirect_tqdm():
+        for row in tqdm(rows, desc="knockout sweep", unit="sample"):
+            todo = {p: [c for c in configs if (row.sample_id, p, c[0], c[1]) not in done] for p in prompts}
+            if not any(todo.values()):
                 continue
             try:
-                batch = model.prepare_inputs(prompt, video=sample.get("video"), audio=sample.get("audio"),
-                                             image=sample.get("image"),
-                                             use_audio_in_video=sample.get("use_audio_in_video", False),
-                                             **prepare_kwargs)
+                sample = load_sample(row, fps, sampling_rate)
             except (HookedAVError, OSError) as err:
-                log.warning("skipping sample %s: %s", sample_id, err)
-                append_error(out_path, sample_id, prompt, err)
-                break
-            rows = []
-            for start in range(0, len(todo), max_rows_per_pass):
-                chunk = todo[start:start + max_rows_per_pass]
-                tokens = generate_knockouts(model, batch, [c[2] for c in chunk], max_new_tokens)
-                texts = model.tokenizer.batch_decode(tokens, skip_special_tokens=True)
-                stops = set(model.adapter.stop_token_ids())
-                for (source, centre, ko), row_tokens, text in zip(chunk, tokens.tolist(), texts):
-                    rows.append(SweepRow(sample_id, prompt, source, centre, list(ko.layers) if ko else [],
-                                         include_last_prompt_position, text, trim_after_stop(row_tokens, stops)))
-            append_rows(out_path, (asdict(r) for r in rows))
-            done.update(r.key() for r in rows)
+                log.warning("skipping sample %s: %s", row.sample_id, err)
+                append_error(out_path, row.sample_id, None, err)
+                continue
+            for prompt, prompt_todo in todo.items():
+                if prompt_todo:
+                    done |= sweep_sample(model, sample_inputs(sample), row.sample_id, prompt, prompt_todo, out_path,
+                                         max_new_tokens, include_last_prompt_position, max_rows_per_pass,
+                                         fps=fps, **prepare_kwargs)
     return out_path
+
+
+def sweep_sample(model, media: dict[str, Any], sample_id: str, prompt: str,
+                 configs: list[tuple[str, int | None, Knockout | None]], out_path: Path, max_new_tokens: int,
+                 include_last_prompt_position: bool, max_rows_per_pass: int, **prepare_kwargs: Any) -> set:
+    """Run one sample's configurations under one prompt, append their rows (and skips); the keys written."""
+    try:
+        batch = model.prepare_inputs(prompt, **media, **prepare_kwargs)
+    except HookedAVError as err:
+        log.warning("skipping sample %s / %r: %s", sample_id, prompt, err)
+        append_error(out_path, sample_id, prompt, err)
+        return set()
+    codes = model.modality_map(batch).codes
+    prompt_len = codes.shape[1]
+    runnable, skips = [], []
+    for source, centre, ko in configs:
+        try:
+            if ko is not None:
+                ko.check_selects(codes, prompt_len, prompt_len + max_new_tokens)
+            runnable.append((source, centre, ko))
+        except EmptySelectionError as err:
+            skips.append({"sample_id": sample_id, "prompt": prompt, "source": source, "centre_layer": centre,
+                          "layers": list(ko.layers), "reason": str(err)})
+    if skips:
+        append_rows(out_path.with_name(out_path.name + ".skipped.jsonl"), skips)
+    stops = set(model.adapter.stop_token_ids())
+    rows = []
+    for start in range(0, len(runnable), max_rows_per_pass):
+        chunk = runnable[start:start + max_rows_per_pass]
+        tokens = generate_knockouts(model, batch, [c[2] for c in chunk], max_new_tokens)
+        texts = model.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        for (source, centre, ko), row_tokens, text in zip(chunk, tokens.tolist(), texts):
+            rows.append(SweepRow(sample_id, prompt, source, centre, list(ko.layers) if ko else [],
+                                 include_last_prompt_position, text, trim_after_stop(row_tokens, stops)))
+    append_rows(out_path, (asdict(r) for r in rows))
+    return {r.key() for r in rows} | {sweep_key(s) for s in skips}
+
+
+def sweep_key(row: Mapping[str, Any]) -> tuple:
+    """What identifies a sweep row (or a recorded skip): sample, prompt, source and centre layer."""
+    return (row["sample_id"], row["prompt"], row["source"], row["centre_layer"])
 
 
 def trim_after_stop(tokens: list[int], stops: set[int]) -> list[int]:
@@ -259,7 +320,7 @@ def trim_after_stop(tokens: list[int], stops: set[int]) -> list[int]:
     return tokens
 
 
-def append_error(out_path: Path, sample_id: str, prompt: str, err: Exception) -> None:
+def append_error(out_path: Path, sample_id: str, prompt: str | None, err: Exception) -> None:
     append_rows(out_path.with_name(out_path.name + ".errors.jsonl"),
                 [{"sample_id": sample_id, "prompt": prompt, "error": type(err).__name__, "message": str(err)}])
 

@@ -7,9 +7,10 @@ in several languages (键盘, 马, ...): tokens are decoded to readable strings,
 
 from __future__ import annotations
 
+import logging
 import string
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,15 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from hooked_av.data.jsonl import append_rows, read_done
+from hooked_av.data.manifest import ManifestRow, check_unique_ids, load_sample, sample_inputs
 from hooked_av.model.errors import HookedAVError, InputError, check_layer
 from hooked_av.model.modality import Modality
+
+log = logging.getLogger(__name__)
 
 PUNCTUATION = set(string.punctuation) | {"，", "。", "、", "：", "；", "！", "？", "（", "）", "“", "”", "…", "—"}
 
@@ -50,6 +57,7 @@ class LogitLensResult:
     top_probs: Float[Tensor, "layer pos k"]
     tokens: list[list[list[str]]]  # [layer][pos][rank] readable strings
     batch_index: int = 0
+    input_tokens: list[str] | None = None  # [pos] the input token at each decoded position (e.g. "<|AUDIO|>")
 
     def top1(self) -> list[list[str]]:
         """[layer][pos] the most likely token: the table of paper Fig. 5."""
@@ -72,14 +80,15 @@ class LogitLensResult:
         return list(seen)
 
     def to_frame(self):
-        """Long table: layer, position, rank, token_id, token, prob."""
+        """Long table: layer, position, input_token, rank, token_id, token, prob."""
         import pandas as pd
 
-        rows = [(layer, int(pos), rank, int(self.top_ids[li, pi, rank]), self.tokens[li][pi][rank],
+        inputs = self.input_tokens or [None] * len(self.positions)
+        rows = [(layer, int(pos), inputs[pi], rank, int(self.top_ids[li, pi, rank]), self.tokens[li][pi][rank],
                  float(self.top_probs[li, pi, rank]))
                 for li, layer in enumerate(self.layers) for pi, pos in enumerate(self.positions)
                 for rank in range(self.top_ids.shape[-1])]
-        return pd.DataFrame(rows, columns=["layer", "position", "rank", "token_id", "token", "prob"])
+        return pd.DataFrame(rows, columns=["layer", "position", "input_token", "rank", "token_id", "token", "prob"])
 
 
 def decode_tokens(tokenizer: Any, ids: Tensor) -> list:
@@ -100,7 +109,13 @@ def resolve_positions(model, modality_map, positions: str | Modality | Sequence[
         if found.numel() == 0:
             raise InputError(f"the batch has no {Modality.parse(positions).name.lower()} positions to decode")
         return found
-    return torch.as_tensor(positions, dtype=torch.long).flatten()
+    pos = torch.as_tensor(positions, dtype=torch.long).flatten()
+    n = modality_map.codes.shape[1]
+    outside = pos[(pos < 0) | (pos >= n)]
+    if outside.numel():
+        raise InputError(f"position {int(outside[0])} is outside the sequence: the batch has {n} positions "
+                         f"(0..{n - 1}); cache.modality_map or model.to_str_tokens(batch) show what is where")
+    return pos
 
 
 @torch.no_grad()
@@ -135,35 +150,42 @@ def logit_lens(model, batch: Any = None, *, cache=None, positions: str | Sequenc
         top_probs.append(p)
     ids = torch.stack(top_ids).cpu()
     tokenizer = model.adapter.require_processor("logit_lens (decoding tokens)").tokenizer
+    inputs = getattr(cache, "input_ids", None)
     return LogitLensResult(layers=layers, positions=pos.cpu(), top_ids=ids, top_probs=torch.stack(top_probs).cpu(),
-                           tokens=decode_tokens(tokenizer, ids), batch_index=batch_index)
+                           tokens=decode_tokens(tokenizer, ids), batch_index=batch_index,
+                           input_tokens=None if inputs is None else decode_tokens(tokenizer, inputs[batch_index, pos]))
 
 
-def latent_words_run(model, samples: Iterable[Mapping[str, Any]], out_path: str | Path, *,
+def latent_words_run(model, rows: Iterable[ManifestRow], out_path: str | Path, *,
                      prompt: str = "Describe what you see and hear.", last_layers: int = 5, top_k: int = 1,
-                     **prepare_kwargs: Any) -> Path:
+                     fps: float = 2.0, sampling_rate: int = 16000, **prepare_kwargs: Any) -> Path:
     """For each sample, the logit-lens words at its audio positions over the last layers, one JSONL row each.
 
     Rows (sample_id, prompt, words, last_layers, top_k) are what `hooked_av.eval.score_captions(...,
     modalities=("latent_audio",))` scores against the audio captions: the paper's latent audio understanding.
-    samples: mappings with "id" and media for `model.prepare_inputs`. Resumable: samples already in the file are
-    skipped; unreadable ones go to `<out>.errors.jsonl`.
+    rows: manifest rows (`hooked_av.data.manifest.read_manifest`), as `caption_manifest` and `knockout_sweep` take
+    them; sample ids must be unique. Resumable: samples already in the file are skipped; unreadable ones go to
+    `<out>.errors.jsonl`.
     """
+    rows = list(rows)
+    check_unique_ids(rows)
     out_path = Path(out_path)
     done = read_done(out_path, key=lambda r: (r["sample_id"], r["prompt"]))
-    for sample in samples:
-        sample_id = str(sample["id"])
-        if (sample_id, prompt) in done:
-            continue
-        try:
-            batch = model.prepare_inputs(prompt, video=sample.get("video"), audio=sample.get("audio"),
-                                         use_audio_in_video=sample.get("use_audio_in_video", False), **prepare_kwargs)
-        except (HookedAVError, OSError) as err:
-            append_rows(out_path.with_name(out_path.name + ".errors.jsonl"),
-                        [{"sample_id": sample_id, "error": type(err).__name__, "message": str(err)}])
-            continue
-        layers = range(max(0, model.cfg.n_layers - last_layers), model.cfg.n_layers)
-        lens = logit_lens(model, batch, positions="audio", layers=layers, top_k=top_k)
-        append_rows(out_path, [{"sample_id": sample_id, "prompt": prompt, "words": lens.words(last_layers, top_k),
-                                "last_layers": last_layers, "top_k": top_k}])
+    layers = range(max(0, model.cfg.n_layers - last_layers), model.cfg.n_layers)
+    with logging_redirect_tqdm():
+        for row in tqdm(rows, desc="latent words", unit="sample"):
+            if (row.sample_id, prompt) in done:
+                continue
+            try:
+                batch = model.prepare_inputs(prompt, **sample_inputs(load_sample(row, fps, sampling_rate)), fps=fps,
+                                             **prepare_kwargs)
+            except (HookedAVError, OSError) as err:
+                log.warning("skipping sample %s: %s", row.sample_id, err)
+                append_rows(out_path.with_name(out_path.name + ".errors.jsonl"),
+                            [{"sample_id": row.sample_id, "error": type(err).__name__, "message": str(err)}])
+                continue
+            lens = logit_lens(model, batch, positions="audio", layers=layers, top_k=top_k)
+            append_rows(out_path, [{"sample_id": row.sample_id, "prompt": prompt,
+                                    "words": lens.words(last_layers, top_k), "last_layers": last_layers,
+                                    "top_k": top_k}])
     return out_path

@@ -9,7 +9,7 @@ distributions, and the base rank η of the AV model's token under the base model
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from hooked_av.analysis.samples import decoded_samples
+from hooked_av.data.manifest import ManifestRow, sample_inputs
 from hooked_av.model.errors import InputError
 
 # A default lexicon of sound sources and events (AudioCaps-style vocabulary); pass your own or a callback.
@@ -46,18 +48,20 @@ class TokenShiftResult:
     kl_base_av: Float[Tensor, "tokens"]  # KL(P_base || P_av)
     base_rank: Int[Tensor, "tokens"]  # rank (1 = top) of the AV model's token under the base model
     selected: Tensor  # bool [tokens]: tokens the selector picked (e.g. describing sound events)
+    sample_id: str | None = None  # set by token_shift_over_samples
 
     @property
     def buckets(self) -> list[str]:
         return [bucket(int(r)) for r in self.base_rank]
 
-    def summary(self, selected_only: bool = False) -> dict[str, float]:
+    def summary(self, selected_only: bool = False) -> ShiftSummary:
         return aggregate_shift([self], selected_only)
 
     def to_frame(self):
         import pandas as pd
 
-        return pd.DataFrame({"token_id": self.response_ids.tolist(), "token": self.token_strings,
+        return pd.DataFrame({"sample_id": self.sample_id, "token_id": self.response_ids.tolist(),
+                             "token": self.token_strings,
                              "kl_av_base": self.kl_av_base.tolist(), "kl_base_av": self.kl_base_av.tolist(),
                              "base_rank": self.base_rank.tolist(), "bucket": self.buckets,
                              "selected": self.selected.tolist()})
@@ -149,15 +153,43 @@ def token_shift(av_model, base_model, *, video: Any = None, audio: Any = None, i
                             kl_base_av.clamp(min=0).cpu(), base_rank.cpu(), torch.tensor(picked, dtype=torch.bool))
 
 
-def aggregate_shift(results: Sequence[TokenShiftResult], selected_only: bool = False) -> dict[str, float]:
+def token_shift_over_samples(av_model, base_model, rows: Iterable[ManifestRow], *,
+                             instruction: str = "Describe what you hear.", fps: float = 2.0,
+                             sampling_rate: int = 16000, **kwargs: Any) -> list[TokenShiftResult]:
+    """`token_shift` for each manifest row (decoded once; the AV model hears the sound, interleaved into the video
+    when it is the video's own track, the base model sees the frames), under a progress bar; unreadable samples are
+    logged and left out. The results carry their sample_id and feed `aggregate_shift`. kwargs: max_new_tokens,
+    selector, base_gets_audio."""
+    results = []
+    for sample in decoded_samples(rows, "token shift", fps, sampling_rate):
+        result = token_shift(av_model, base_model, **sample_inputs(sample), instruction=instruction, fps=fps,
+                             **kwargs)
+        result.sample_id = sample.sample_id
+        results.append(result)
+    return results
+
+
+class ShiftSummary(dict):
+    """The pooled statistics of `aggregate_shift` (a dict: n_tokens, n_samples, kl_av_base, kl_base_av,
+    median_base_rank, unshifted, marginal, shifted; only the counts when no token was pooled)."""
+
+    def to_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame([dict(self)])
+
+
+def aggregate_shift(results: Sequence[TokenShiftResult], selected_only: bool = False) -> ShiftSummary:
     """Pooled over all tokens of all samples, as in the paper (mean KL, median rank, bucket fractions)."""
     keep = [r.selected if selected_only else torch.ones_like(r.selected) for r in results]
-    ranks = torch.cat([r.base_rank[k] for r, k in zip(results, keep)])
+    ranks = torch.cat([r.base_rank[k] for r, k in zip(results, keep)]) if results else torch.zeros(0)
+    counts = {"n_tokens": int(ranks.numel()), "n_samples": len(results)}
     if ranks.numel() == 0:
-        return {"n_tokens": 0}
+        return ShiftSummary(counts)
     kl_ab = torch.cat([r.kl_av_base[k] for r, k in zip(results, keep)])
     kl_ba = torch.cat([r.kl_base_av[k] for r, k in zip(results, keep)])
-    return {"n_tokens": int(ranks.numel()), "kl_av_base": float(kl_ab.mean()), "kl_base_av": float(kl_ba.mean()),
-            "median_base_rank": float(ranks.float().median()), "unshifted": float((ranks == 1).float().mean()),
-            "marginal": float(((ranks > 1) & (ranks <= 3)).float().mean()),
-            "shifted": float((ranks > 3).float().mean())}
+    return ShiftSummary(counts, kl_av_base=float(kl_ab.mean()), kl_base_av=float(kl_ba.mean()),
+                        median_base_rank=float(ranks.float().median()),
+                        unshifted=float((ranks == 1).float().mean()),
+                        marginal=float(((ranks > 1) & (ranks <= 3)).float().mean()),
+                        shifted=float((ranks > 3).float().mean()))

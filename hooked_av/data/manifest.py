@@ -203,3 +203,22 @@ def iter_samples(rows: Iterable[ManifestRow], fps: float = 2.0, sampling_rate: i
             log.warning("skipping sample %s: %s", row.sample_id, err)
             if skipped is not None:
                 skipped.append((row.sample_id, str(err)))
+
+
+# ---- samples as analyses take them ------------------------------------------------------------------------------
+def check_unique_ids(rows: Iterable[ManifestRow]) -> None:
+    """Refuse rows that share a sample_id: results are keyed by it, so the second sample would be skipped as done."""
+    seen: dict[str, int] = {}
+    for row in rows:
+        seen[row.sample_id] = seen.get(row.sample_id, 0) + 1
+    duplicates = [sid for sid, n in seen.items() if n > 1]
+    if duplicates:
+        raise InputError(f"sample_id {duplicates[0]!r} is used by {seen[duplicates[0]]} samples"
+                         + (f" ({len(duplicates)} ids in all)" if len(duplicates) > 1 else "")
+                         + ": results are keyed by sample_id, give each sample its own")
+
+
+def sample_inputs(sample: Sample) -> dict[str, Any]:
+    """The media arguments of `model.prepare_inputs` for a decoded sample: the sound is interleaved into the video
+    (use_audio_in_video) when it is the video's own track, else given as a separate audio input."""
+    return {"video": sample.frames, "audio": sample.audio, "use_audio_in_video": sample.row.audio_in_video}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hooked_av.model.errors import MissingMediaError
+from hooked_av.model.errors import MediaKindError, MissingMediaError
 
 
 def _open(path: str | Path):
@@ -21,6 +21,12 @@ def _open(path: str | Path):
         raise MissingMediaError(f"cannot decode {path}: {err}") from err
 
 
+def is_still_image(container) -> bool:
+    """FFmpeg reads single images with its image demuxers ("png_pipe", "jpeg_pipe", ..., "image2")."""
+    name = container.format.name
+    return name == "image2" or name.endswith("_pipe")
+
+
 def load_video(path: str | Path, fps: float = 2.0, max_frames: int | None = None) -> np.ndarray:
     """RGB frames (T, H, W, 3) uint8, one per 1/fps seconds (the frame shown at each sampling time)."""
     import av
@@ -28,6 +34,9 @@ def load_video(path: str | Path, fps: float = 2.0, max_frames: int | None = None
     with _open(path) as container:
         if not container.streams.video:
             raise MissingMediaError(f"{path} has no video stream")
+        if is_still_image(container):
+            raise MediaKindError(f"{path} is a still image ({container.format.name}), not a video: pass it as "
+                                 "image=")
         stream = container.streams.video[0]
         frames, next_time = [], 0.0
         try:
@@ -69,10 +78,13 @@ def load_audio(source: str | Path | np.ndarray, sampling_rate: int = 16000) -> n
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """RGB image (H, W, 3) uint8."""
+    """RGB image (H, W, 3) uint8 (a GIF gives its first frame)."""
     with _open(path) as container:
         if not container.streams.video:
             raise MissingMediaError(f"{path} is not an image")
+        if not is_still_image(container) and container.format.name != "gif":
+            raise MediaKindError(f"{path} is a video ({container.format.name}), not an image: pass it as video=, "
+                                 "or save the frame you want as an image")
         for frame in container.decode(container.streams.video[0]):
             return frame.to_ndarray(format="rgb24")
     raise MissingMediaError(f"{path}: no image could be decoded")

@@ -38,7 +38,8 @@ def build_samples(prompt: str | list[str], video: Any, audio: Any, image: Any, *
     """Load media (arrays or files) and write one chat conversation per prompt.
 
     With `use_audio_in_video`, the conversation holds only the video item: the processor interleaves the
-    video's own sound track (taken from the file when no `audio` is given) into the video block.
+    video's sound track into the video block. The track is the file's own when the video is a file (then
+    `audio` must be None), or `audio` when the video is given as frames.
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     videos, audios, images = (_per_sample(v, len(prompts), n) for v, n in
@@ -48,6 +49,10 @@ def build_samples(prompt: str | list[str], video: Any, audio: Any, image: Any, *
         if use_audio_in_video:
             if v is None:
                 raise InputError("use_audio_in_video=True needs a video")
+            if isinstance(v, MediaPath) and a is not None:
+                raise InputError(f"use_audio_in_video=True reads the sound from the video file's own sound track "
+                                 f"({v}), so audio= would be a second sound and be dropped: pass audio= without "
+                                 "use_audio_in_video (a separate audio input), or omit audio=")
             if a is None:
                 if not isinstance(v, MediaPath):
                     raise InputError("use_audio_in_video=True with video frames needs the sound track as audio=...;"

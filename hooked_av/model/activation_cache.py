@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import Tensor
 from transformer_lens import ActivationCache
 
 from hooked_av.model.modality import ModalityMap
 
 
 class AVActivationCache(ActivationCache):
-    """An ActivationCache that also carries the batch's modality map.
+    """An ActivationCache that also carries the batch's modality map and input_ids.
 
     The residual stream starts from `hook_inputs_embeds` (token embeddings with encoder features scattered into
     the placeholder positions), so that is the "embed" component `decompose_resid` returns: the components then
@@ -18,9 +19,15 @@ class AVActivationCache(ActivationCache):
     """
 
     def __init__(self, cache_dict: dict, model: Any, has_batch_dim: bool = True,
-                 modality_map: ModalityMap | None = None):
+                 modality_map: ModalityMap | None = None, input_ids: Tensor | None = None):
         super().__init__(cache_dict, model, has_batch_dim=has_batch_dim)
         self.modality_map = modality_map
+        self.input_ids = input_ids  # [batch, pos] of the run, so results can name their positions' tokens
+
+    def __getitem__(self, key: Any):
+        if isinstance(key, str) and key not in self.cache_dict:
+            key = self.model.hook_name(key)  # blocks.-1.… as the model's hooks accept it; typos get suggestions
+        return super().__getitem__(key)
 
     def decompose_resid(self, *args: Any, incl_embeds: bool = True, **kwargs: Any):
         if not incl_embeds or "hook_inputs_embeds" not in self.cache_dict:

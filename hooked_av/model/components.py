@@ -142,6 +142,7 @@ class Attention(nn.Module):
         self.hook_attn_scores = HookPoint()  # [batch, head, q_pos, k_pos], scaled and masked
         self.hook_pattern = HookPoint()  # [batch, head, q_pos, k_pos]
         self.hook_z = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_result = HookPoint()  # [batch, pos, head, d_model], each head's output (no bias); see _out
 
     def needs_eager(self) -> bool:
         return self.force_eager or is_hooked(self.hook_attn_scores) or is_hooked(self.hook_pattern)
@@ -165,7 +166,7 @@ class Attention(nn.Module):
             attn_mask, _ = mask.for_layer(self.hook_attn_mask, eager=True)
             self.last_path = "shared_prefix"
             z = self._attend_shared_prefix(q, kv_cache.prefix_kv(self.layer), k, v, attn_mask)
-            return self.o_proj(fire(self.hook_z, z.transpose(1, 2)).reshape(b, n, -1))
+            return self._out(fire(self.hook_z, z.transpose(1, 2)))
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer, k, v)
         eager = self.needs_eager()
@@ -176,8 +177,16 @@ class Attention(nn.Module):
         else:
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=self.scale,
                                                enable_gqa=self.cfg.n_kv_groups > 1)
-        z = fire(self.hook_z, z.transpose(1, 2))
-        return self.o_proj(z.reshape(b, n, -1))
+        return self._out(fire(self.hook_z, z.transpose(1, 2)))
+
+    def _out(self, z: Float[Tensor, "batch pos head d_head"]) -> Float[Tensor, "batch pos d_model"]:
+        """The output projection. Per-head outputs (`hook_result`) are formed only when that hook point is hooked
+        or `cfg.use_attn_result` is set (they take n_heads x the memory of the residual stream); either way the
+        kernel of the layer does not change."""
+        if not (self.cfg.use_attn_result or is_hooked(self.hook_result)):
+            return self.o_proj(z.flatten(2))
+        result = fire(self.hook_result, torch.einsum("bphd,hdm->bphm", z, self.W_O))
+        return result.sum(2) + self.b_O
 
     def _eager(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor) -> Float[Tensor, "batch head q d"]:
         # Grouped views instead of repeating K/V: head h reads KV head h // n_kv_groups, as HF's repeat_kv.

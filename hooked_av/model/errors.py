@@ -42,6 +42,14 @@ class InputError(HookedAVError, ValueError):
     """A model input that is missing, has the wrong shape, or contradicts another input."""
 
 
+class EmptySelectionError(InputError):
+    """A selection of positions (a knockout's sources or targets) that selects no position of the batch."""
+
+
+class MediaKindError(InputError):
+    """A media file given as the wrong kind of input: a still image as video=, a video as image=."""
+
+
 def check_layer(layer: int, n_layers: int) -> int:
     """Return `layer` as a non-negative index, allowing negative indices as Python does."""
     if not -n_layers <= layer < n_layers:

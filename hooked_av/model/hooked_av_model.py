@@ -6,7 +6,8 @@ hooked blocks (fused SDPA unless a hook needs the pattern) -> final norm -> unem
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import difflib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -178,6 +179,66 @@ class HookedAVModel(HookedRootModule):
             raise InputError(f"{string!r} is {len(ids)} tokens, not one: {ids}")
         return ids[0]
 
+    def to_tokens(self, input: str | list[str], video: Any = None, audio: Any = None, image: Any = None, *,
+                  chat_template: bool = True, **prepare_kwargs: Any) -> Int[Tensor, "batch pos"]:
+        """input_ids [batch, pos] of a prompt as the model reads it: in the chat template, with one placeholder
+        token per encoder feature of each media item (`prepare_inputs(...)["input_ids"]`).
+
+        chat_template=False tokenises the bare text (no template, no special tokens added; no media).
+        """
+        if chat_template:
+            return self.prepare_inputs(input, video=video, audio=audio, image=image, **prepare_kwargs)["input_ids"]
+        if any(m is not None for m in (video, audio, image)):
+            raise InputError("media need the chat template, which writes their placeholders: drop "
+                             "chat_template=False, or tokenise text only")
+        tokenizer = self.adapter.require_processor("to_tokens").tokenizer
+        texts = [input] if isinstance(input, str) else list(input)
+        return tokenizer(texts, return_tensors="pt", padding=True, padding_side="left",
+                         add_special_tokens=False)["input_ids"].to(self.device)
+
+    def _input_ids(self, input: Any, media: dict[str, Any]) -> Int[Tensor, "batch pos"]:
+        """input_ids of a string (chat template + media), a processor batch or a tensor of ids."""
+        if is_text(input):
+            return self.to_tokens(input, **media)
+        return self._gather_inputs(input, {})["input_ids"]
+
+    def to_str_tokens(self, input: Any, video: Any = None, audio: Any = None, image: Any = None,
+                      **prepare_kwargs: Any) -> list[str] | list[list[str]]:
+        """One string per position: a list for one sequence, a list of lists for a batch of several.
+
+        input: a prompt (chat template and media applied, as `to_tokens`), a processor batch or token ids.
+        Special tokens and placeholders are shown as they are (`<|AUDIO|>`).
+        """
+        ids = self._input_ids(input, dict(video=video, audio=audio, image=image, **prepare_kwargs))
+        tokenizer = self.adapter.require_processor("to_str_tokens").tokenizer
+        rows = [[tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in row] for row in ids.tolist()]
+        return rows[0] if len(rows) == 1 else rows
+
+    def to_string(self, tokens: Int[Tensor, "... pos"] | Sequence[int]) -> str | list[str]:
+        """Decoded text of token ids, special tokens kept: a string for 1-D ids, a list for a batch."""
+        tokenizer = self.adapter.require_processor("to_string").tokenizer
+        tokens = torch.as_tensor(tokens)
+        if tokens.ndim == 1:
+            return tokenizer.decode(tokens.tolist(), clean_up_tokenization_spaces=False)
+        return tokenizer.batch_decode(tokens.tolist(), clean_up_tokenization_spaces=False)
+
+    def get_token_position(self, single_token: str | int, input: Any, mode: Literal["first", "last"] = "first",
+                           video: Any = None, audio: Any = None, image: Any = None, **prepare_kwargs: Any) -> int:
+        """Position of the first (or last) occurrence of a token in one sequence.
+
+        input: a prompt (chat template and media applied, as `to_tokens`), a processor batch or token ids.
+        """
+        if mode not in ("first", "last"):
+            raise InputError(f"mode must be 'first' or 'last', got {mode!r}")
+        token = self.to_single_token(single_token) if isinstance(single_token, str) else int(single_token)
+        ids = self._input_ids(input, dict(video=video, audio=audio, image=image, **prepare_kwargs))
+        if ids.shape[0] != 1:
+            raise InputError(f"get_token_position takes one sequence, got a batch of {ids.shape[0]}")
+        hits = (ids[0] == token).nonzero().flatten()
+        if hits.numel() == 0:
+            raise InputError(f"token {single_token!r} (id {token}) is not in the input")
+        return int(hits[0] if mode == "first" else hits[-1])
+
     def tokens_to_residual_directions(self, tokens: str | int | Tensor) -> Tensor:
         """Unembedding directions [..., d_model] in the space of `ln_final.hook_normalized`.
 
@@ -190,37 +251,42 @@ class HookedAVModel(HookedRootModule):
         return (self.ln_final.w[:, None] * self.W_U)[:, tokens].movedim(0, -1)
 
     def _enable_hook(self, name: str | Callable, hook: Callable, dir: Literal["fwd", "bwd"]) -> None:
-        if isinstance(name, str):
-            self.check_hook_name(name)
-        super()._enable_hook(name, hook, dir)
+        super()._enable_hook(self.hook_name(name) if isinstance(name, str) else name, hook, dir)
 
     def add_hook(self, name: str | Callable, hook: Callable, *args: Any, **kwargs: Any) -> None:
-        if isinstance(name, str):
-            self.check_hook_name(name)
-        super().add_hook(name, hook, *args, **kwargs)
+        super().add_hook(self.hook_name(name) if isinstance(name, str) else name, hook, *args, **kwargs)
 
-    def check_hook_name(self, name: str) -> None:
+    def hook_name(self, name: str) -> str:
+        """The hook point's name in `hook_dict`: a negative layer is counted from the end (`blocks.-1.…` is the
+        last block). A layer out of range raises LayerIndexError; a name that is no hook point raises
+        UnknownHookError with the closest names (same layer)."""
         if name in self.hook_dict:
-            return
-        parts = name.split(".")
-        if len(parts) > 2 and parts[0] == "blocks" and parts[1].lstrip("-").isdigit():
-            layer = int(parts[1])
-            check_layer(layer, self.cfg.n_layers)
-            if layer < 0:
-                raise UnknownHookError(f"hook name {name!r}: write the layer as {layer % self.cfg.n_layers}")
-        suffix = name.split(".", 2)[-1] if name.startswith("blocks.") else name
-        close = sorted({n.split(".", 2)[-1] if n.startswith("blocks.") else n for n in self.hook_dict
-                        if suffix.split(".")[-1] in n})[:5]
+            return name
+        parts = name.split(".", 2)
+        if len(parts) == 3 and parts[0] == "blocks" and parts[1].lstrip("-").isdigit():
+            layer = check_layer(int(parts[1]), self.cfg.n_layers)
+            name = f"blocks.{layer}.{parts[2]}"
+            if name in self.hook_dict:
+                return name
+            candidates = [n for n in self.hook_dict if n.startswith(f"blocks.{layer}.")]
+        else:
+            candidates = [n for n in self.hook_dict if not n.startswith("blocks.")]
+        close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
         raise UnknownHookError(f"unknown hook name {name!r}." + (f" Did you mean one of {close}?" if close else "")
                                + " model.hook_dict lists every hook point.")
 
     def run_with_cache(self, *model_args: Any, **kwargs: Any) -> tuple[Any, AVActivationCache]:
         """As TransformerLens' run_with_cache; the cache is an AVActivationCache with the modality map."""
+        names_filter = kwargs.get("names_filter")
+        if isinstance(names_filter, str):
+            names_filter = [names_filter]
+        if isinstance(names_filter, (list, tuple)):  # TransformerLens would silently cache nothing for a typo
+            kwargs["names_filter"] = [self.hook_name(n) for n in names_filter]
         out, cache_dict = super().run_with_cache(*model_args, **kwargs)
         batch = self._gather_inputs(model_args[0] if model_args else None,
                                     {k: v for k, v in kwargs.items() if k not in _CACHE_KWARGS})
         return out, AVActivationCache(cache_dict, self, has_batch_dim=not kwargs.get("remove_batch_dim", False),
-                                      modality_map=self.modality_map(batch))
+                                      modality_map=self.modality_map(batch), input_ids=batch["input_ids"])
 
     # ---- inputs ----------------------------------------------------------------------------------------
     def prepare_inputs(self, prompt: str | list[str], video: Any = None, audio: Any = None, image: Any = None, *,
@@ -242,8 +308,13 @@ class HookedAVModel(HookedRootModule):
             merged = dict(kwargs)
         elif isinstance(batch, Tensor):
             merged = {"input_ids": batch, **kwargs}
-        else:
+        elif is_text(batch):  # as TransformerLens' model("text"), but a chat model reads a chat turn
+            merged = {**self.prepare_inputs(batch), **kwargs}
+        elif isinstance(batch, Mapping):
             merged = {**dict(batch), **kwargs}
+        else:
+            raise InputError(f"the model takes a string, a list of strings, a processor batch (dict) or input_ids, "
+                             f"not {type(batch).__name__}")
         ids = merged.get("input_ids")
         if ids is None:
             raise InputError("no input_ids: pass the processor's batch, model(batch) or model(**batch)")
@@ -305,22 +376,26 @@ class HookedAVModel(HookedRootModule):
             kv_cache.commit(q_len)
         return self.ln_final(resid)
 
-    def forward(self, batch: Any = None, /, *, return_type: Literal["logits", "loss"] | None = "logits",
-                **inputs: Any) -> Tensor | None:
+    def forward(self, batch: Any = None, /, *, return_type: Literal["logits", "loss", "both"] | None = "logits",
+                **inputs: Any) -> Tensor | tuple[Tensor, Tensor] | None:
         """Logits [batch, pos, d_vocab] for a processor batch: model(batch) or model(**batch).
 
-        return_type="loss": mean next-token cross-entropy over text targets (padding and placeholder
-        targets excluded); None runs the model for its hooks only.
+        A string (or list of strings) is first wrapped in the chat template as a user turn, as
+        `prepare_inputs(text)` does. return_type="loss": mean next-token cross-entropy over text targets (padding
+        and placeholder targets excluded); "both": (logits, loss), as TransformerLens; None runs the model for
+        its hooks only.
         """
+        if return_type not in ("logits", "loss", "both", None):
+            raise InputError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
         prompt = self.embed_prompt(batch, **inputs)
         logits = self.unembed(self.run_blocks(prompt.inputs_embeds, prompt.positions, prompt.attention_mask))
         if return_type == "logits":
             return logits
         if return_type == "loss":
             return next_token_loss(logits, prompt)
-        if return_type is None:
-            return None
-        raise InputError(f"return_type must be 'logits', 'loss' or None, got {return_type!r}")
+        if return_type == "both":
+            return logits, next_token_loss(logits, prompt)
+        return None
 
     # ---- generation ------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -334,6 +409,9 @@ class HookedAVModel(HookedRootModule):
         pattern hook there costs one 1 x N row per head and step while the prefill stays on fused attention.
         Greedy output equals HF `generate` with the same stop tokens.
         """
+        if max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}: generate produces tokens; "
+                             "for the prompt's logits alone call model(batch)")
         sampling = Sampling(do_sample, temperature, top_k, top_p, seed)
         stops = self.stop_tensor(stop_token_ids)
         with self.hooks(fwd_hooks=list(fwd_hooks)):
@@ -389,6 +467,11 @@ class HookedAVModel(HookedRootModule):
 
 _CACHE_KWARGS = {"names_filter", "device", "remove_batch_dim", "incl_bwd", "reset_hooks_end", "clear_contexts",
                  "pos_slice", "return_type"}
+
+
+def is_text(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, (list, tuple)) and len(value) > 0
+                                      and all(isinstance(v, str) for v in value))
 
 
 def after_stop(generated: Tensor, stops: Tensor) -> Tensor:

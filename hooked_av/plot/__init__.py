@@ -1,4 +1,5 @@
-"""The paper's figures as PNG, one module per analysis (matplotlib, Agg backend)."""
+"""The paper's figures as PNG, one module per analysis (matplotlib, Agg backend); each also writes the table it
+drew as CSV next to the PNG."""
 
 from hooked_av.plot.attention import plot_attention_by_modality
 from hooked_av.plot.knockout import plot_knockout_curves

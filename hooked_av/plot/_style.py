@@ -1,4 +1,5 @@
-"""Shared figure set-up: a headless backend and a font that can draw CJK tokens when one is installed."""
+"""Shared figure set-up: a headless backend, a font that can draw CJK tokens when one is installed, saving a figure
+with the table it drew."""
 
 from __future__ import annotations
 
@@ -23,9 +24,16 @@ def use_multilingual_font() -> None:
     plt.rcParams["font.family"] = ["DejaVu Sans", *fallbacks]
 
 
-def save(fig, path: str | Path) -> Path:
+def save(fig, path: str | Path, table) -> Path:
+    """Write the figure and, next to it (same name, .csv), the table it drew; returns the figure's path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(fig)
+    table.to_csv(path.with_suffix(".csv"), index=False)
     return path
+
+
+def legend_right(ax, **kwargs) -> None:
+    """A legend outside the axes, on the right, so it covers no data."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False, **kwargs)
