@@ -1,0 +1,240 @@
+"""MiniCPM-o 2.6 against the official implementation's outputs (tests/fixtures/minicpmo_2_6_tiny, produced by
+OpenBMB's own code), through the public API only: from_pretrained on the official folder layout,
+prepare_inputs(messages=...) on the raw inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from hooked_av import HookedAVModel, UnsupportedCheckpointError
+from hooked_av.families.minicpm_o.processor import OMNI_SYSTEM_PROMPT
+from hooked_av.model.modality import Modality
+
+from .test_loading import RecordingSafeOpen
+
+FIXTURE = Path(__file__).parent / "fixtures" / "minicpmo_2_6_tiny"
+CHECKPOINT = FIXTURE / "checkpoint"
+CASES = ["text", "image", "audio", "omni", "batch"]
+CHAT_OPTIONS = ("omni_input", "use_tts_template", "max_slice_nums", "use_image_id")
+
+
+def content_item(item: dict, folder: Path):
+    if item["type"] == "text":
+        return item["text"]
+    if item["type"] == "image":
+        return Image.open(folder / item["path"]).convert("RGB")
+    audio = np.load(folder / item["path"])
+    return audio[item["start"]:item["end"]] if "start" in item else audio
+
+
+def official_messages(case: str) -> tuple[list, dict]:
+    """The msgs and chat() options the official code was called with, rebuilt from messages.json."""
+    folder = FIXTURE / "cases" / case
+    data = json.loads((folder / "messages.json").read_text())
+
+    def conversation(msgs):
+        return [{"role": m["role"], "content": m["content"] if isinstance(m["content"], str)
+                 else [content_item(i, folder) for i in m["content"]]} for m in msgs]
+
+    msgs = data["messages"]
+    msgs = [conversation(c) for c in msgs] if isinstance(msgs[0], list) else conversation(msgs)
+    return msgs, {k: v for k, v in data["chat_call"].items() if k in CHAT_OPTIONS}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return HookedAVModel.from_pretrained(CHECKPOINT)
+
+
+@pytest.fixture(scope="module")
+def cases(model):
+    """case -> (our batch, the official tensors)."""
+    out = {}
+    for case in CASES:
+        msgs, options = official_messages(case)
+        out[case] = (model.prepare_inputs(messages=msgs, **options),
+                     load_file(str(FIXTURE / "cases" / case / "tensors.safetensors")))
+    return out
+
+
+def rows(official: dict, prefix: str, n_rows: int) -> list[torch.Tensor]:
+    return [official[f"{prefix}.{b}"] for b in range(n_rows)]
+
+
+# ---- processor -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", CASES)
+def test_processor_reproduces_the_official_tensors(cases, case):
+    batch, official = cases[case]
+    n_rows = official["input_ids"].shape[0]
+    assert torch.equal(batch["input_ids"], official["input_ids"].long())
+    assert torch.equal(batch["attention_mask"].bool(), official["attention_mask"])
+    for key in ("image_bound", "audio_bounds", "spk_bounds"):
+        for ours, theirs in zip(batch[key], rows(official, key, n_rows), strict=True):
+            assert torch.equal(ours.reshape(-1, 2), theirs.reshape(-1, 2)), key
+    for b in range(n_rows):
+        strips = batch["pixel_values"][b]
+        official_strips = [official[f"pixel_values_u8.{b}.{k}"] for k in range(len(strips))]
+        assert f"pixel_values_u8.{b}.{len(strips)}" not in official
+        for ours, codes in zip(strips, official_strips, strict=True):
+            assert torch.equal(ours, ((codes.float() / 255) - 0.5) / 0.5)  # bit for bit
+        if f"tgt_sizes.{b}" in official:
+            assert torch.equal(batch["tgt_sizes"][b], official[f"tgt_sizes.{b}"])
+    if "audio_features" in official:
+        lens = torch.cat(batch["audio_feature_lens"])
+        assert torch.equal(lens, torch.cat(rows(official, "audio_feature_lens", n_rows)))
+        assert batch["audio_features"].shape == official["audio_features"].shape
+        assert (batch["audio_features"] - official["audio_features"]).abs().max() < 1e-5
+    else:
+        assert "audio_features" not in batch
+
+
+def test_slicing_at_the_real_448_settings(model):
+    """The official image processor's grids, encoder images and placeholder counts at scale 448, 9 slices."""
+    from hooked_av.families.minicpm_o.slicing import SliceSettings, slice_image
+
+    settings = SliceSettings(scale=448, patch=14, max_slices=9)
+    for row in json.loads((FIXTURE / "slicing_448.json").read_text()):
+        image = Image.new("RGB", tuple(row["image_wh"]), (90, 120, 30))
+        images, grid = slice_image(image, settings, max_slices=9)
+        assert (list(grid) if grid else None) == row["grid_cols_rows"], row["image_wh"]
+        assert [[im.height // 14, im.width // 14] for im in images] == row["tgt_sizes_hw_patches"], row["image_wh"]
+
+
+def test_audio_placeholders_at_many_durations(model):
+    """25 tokens per second in 1 s chunks (official counts for 0.3 s to 45 s), with and without chunking."""
+    processor = model.processor
+    unk = processor.markers.unk
+    for row in json.loads((FIXTURE / "audio_tokens.json").read_text()):
+        for chunk_input, key in ((True, "chunk_input"), (False, "no_chunk")):
+            text = processor.audio_placeholder(row["samples"], chunk_input)
+            assert text.count(unk) == row[key]["placeholder_unk"], (row["seconds"], key)
+            assert text.count(processor.markers.audio_start) == row[key]["audio_start_tags"]
+
+
+# ---- model -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", CASES)
+def test_logits_residual_and_encoder_outputs_equal_the_official(model, cases, case):
+    batch, official = cases[case]
+    n_layers = model.cfg.n_layers
+    logits, cache = model.run_with_cache(batch, names_filter=lambda n: n in {
+        f"blocks.{n_layers - 1}.hook_resid_post", "hook_image_embeds", "hook_video_embeds", "hook_audio_embeds"})
+    real = official["attention_mask"]
+    assert (logits[real] - official["logits"][real]).abs().max() < 1e-4
+    resid = cache[f"blocks.{n_layers - 1}.hook_resid_post"]
+    assert (resid[real] - official["hidden_pre_norm"][real]).abs().max() < 1e-4
+    n_rows = real.shape[0]
+    vision = [official[f"vision_embeds.{b}"].flatten(0, 1) for b in range(n_rows) if f"vision_embeds.{b}" in official]
+    video_or_image = "hook_video_embeds" if case == "omni" else "hook_image_embeds"
+    if vision:
+        assert (cache[video_or_image] - torch.cat(vision)).abs().max() < 1e-4
+    else:
+        assert video_or_image not in cache
+    audio = [official[k] for k in sorted(k for k in official if k.startswith("audio_embeds."))]
+    if audio:
+        assert (cache["hook_audio_embeds"] - torch.cat(audio)).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_greedy_tokens_equal_the_official_up_to_the_first_terminator(model, cases, case):
+    batch, official = cases[case]
+    expected = official["generated_ids"]
+    out = model.generate(batch, max_new_tokens=expected.shape[1], do_sample=False)
+    stops = set(model.adapter.stop_token_ids())
+    assert stops == {model.tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
+    for ours, theirs in zip(out.new_tokens.tolist(), expected.tolist(), strict=True):
+        end = next((i + 1 for i, t in enumerate(theirs) if t in stops), len(theirs))
+        assert ours[:end] == theirs[:end]
+        assert len(ours) == expected.shape[1] or ours[-1] in stops or end <= len(ours)
+
+
+def test_batch_row_stops_at_endoftext(model, cases):
+    batch, official = cases["batch"]
+    out = model.generate(batch, max_new_tokens=12)
+    eot = model.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert out.new_tokens[1, 1] == eot == official["generated_ids"][1, 1]
+    assert out.modality_map.codes[1, -10:].eq(Modality.PAD).all()  # after the stop, padding
+
+
+def test_modality_map_of_the_omni_layout(model, cases):
+    batch, _ = cases["omni"]
+    q = model.processor.query_num
+    mm = model.modality_map(batch)
+    counts = mm.counts()
+    assert counts["video"] == 3 * q and counts["audio"] == 3 * 25 and "image" not in counts
+    runs = mm.runs()
+    tokenizer = model.tokenizer
+    ids = batch["input_ids"][0]
+    first_video = mm.positions("video")[0]
+    # <unit> and <image> before each frame, <|audio_start|> before each second of audio: special markers
+    assert ids[first_video - 1] == tokenizer.convert_tokens_to_ids("<image>")
+    assert ids[first_video - 2] == tokenizer.convert_tokens_to_ids("<unit>")
+    assert mm.codes[0, first_video - 2: first_video].eq(Modality.SPECIAL).all()
+    second = [("video", q), ("special", 2), ("audio", 25)]  # ... </image><|audio_start|> ...
+    assert runs == [("special", 1), ("template", 5), ("text", len(OMNI_SYSTEM_PROMPT)), ("special", 1), ("template", 1),
+                    ("special", 1), ("template", 5), ("special", 2), *second,  # <unit><image>
+                    ("special", 3), *second, ("special", 3), *second,  # <|audio_end|><unit><image>
+                    ("special", 2), ("template", 1), ("special", 1), ("template", len("assistant\n")),
+                    ("special", 4)]  # <|spk_bos|><|spk|><|spk_eos|><|tts_bos|>
+    image_map = model.modality_map(cases["image"][0])
+    assert image_map.counts()["image"] == 3 * q and "video" not in image_map.counts()
+    assert image_map.counts()["template"] > 0 and image_map.counts()["text"] > 0
+
+
+# ---- loading ---------------------------------------------------------------------------------------------
+def test_tts_tensors_are_never_read(monkeypatch):
+    stored = set(load_file(str(CHECKPOINT / "model.safetensors")))
+    assert any(k.startswith("tts.") for k in stored)
+    RecordingSafeOpen.read = []
+    monkeypatch.setattr(safetensors, "safe_open", RecordingSafeOpen)
+    model = HookedAVModel.from_pretrained(CHECKPOINT)
+    monkeypatch.undo()
+    assert sorted(RecordingSafeOpen.read) == sorted(k for k in stored if not k.startswith("tts."))
+    assert not any(k.startswith("tts.") for k in model.adapter.hf_model.state_dict())
+    assert model.cfg.family == "minicpm_o_2_6"
+
+
+def copy_checkpoint(dst: Path) -> Path:
+    shutil.copytree(CHECKPOINT, dst)
+    return dst
+
+
+def test_weights_that_do_not_fit_the_config_are_a_clear_error(tmp_path):
+    folder = copy_checkpoint(tmp_path / "ckpt")
+    config = json.loads((folder / "config.json").read_text())
+    config["vision_config"]["hidden_size"] = 48
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedCheckpointError, match=r"tensor \S+ has shape .*the config says"):
+        HookedAVModel.from_pretrained(folder)
+    config["vision_config"]["hidden_size"] = 32
+    config["drop_vision_last_layer"] = True  # the official default: one vision layer fewer than stored
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedCheckpointError, match=r"0 missing .*16 unexpected \(e\.g\. \['vpm\.encoder\.layers\.1\."):
+        HookedAVModel.from_pretrained(folder)
+
+
+def test_config_without_its_sub_configs_is_a_clear_error(tmp_path):
+    folder = copy_checkpoint(tmp_path / "ckpt")
+    config = json.loads((folder / "config.json").read_text())
+    del config["audio_config"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedCheckpointError, match="audio_config"):
+        HookedAVModel.from_pretrained(folder)
+
+
+def test_never_runs_the_checkpoints_own_code(tmp_path):
+    """A .py file beside the weights (as in the real hub folder) is never imported."""
+    folder = copy_checkpoint(tmp_path / "ckpt")
+    for name in ("modeling_minicpmo.py", "processing_minicpmo.py", "configuration_minicpm.py",
+                 "tokenization_minicpmo_fast.py"):
+        (folder / name).write_text("raise RuntimeError('remote code ran')\n")
+    model = HookedAVModel.from_pretrained(folder)
+    assert type(model.processor).__module__ == "hooked_av.families.minicpm_o.processor"
