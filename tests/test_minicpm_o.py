@@ -153,7 +153,6 @@ def test_greedy_tokens_equal_the_official_up_to_the_first_terminator(model, case
     for ours, theirs in zip(out.new_tokens.tolist(), expected.tolist(), strict=True):
         end = next((i + 1 for i, t in enumerate(theirs) if t in stops), len(theirs))
         assert ours[:end] == theirs[:end]
-        assert len(ours) == expected.shape[1] or ours[-1] in stops or end <= len(ours)
 
 
 def test_batch_row_stops_at_endoftext(model, cases):

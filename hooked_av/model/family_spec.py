@@ -154,8 +154,9 @@ def parse_family_spec(data: Any, source: str = "<memory>") -> FamilySpec:
     if rope_kind != "default" and sections is None:
         raise ModelConfigError(f"{source}: rope kind {rope_kind!r} needs 'decoder.rope.sections_from'")
     adapter = r.get("adapter", str)
-    if not adapter.isidentifier():
-        raise ModelConfigError(f"{source}: 'adapter' must name a module of hooked_av.families, got {adapter!r}")
+    if not all(part.isidentifier() for part in adapter.split(".")):
+        raise ModelConfigError(f"{source}: 'adapter' must name a module of hooked_av.families (or a dotted module "
+                               f"path), got {adapter!r}")
     spec = FamilySpec(
         name=r.get("name", str), adapter=adapter,
         model_types=r.str_list("match.model_types"), architectures=r.str_list("match.architectures", []),
