@@ -237,3 +237,128 @@ def test_never_runs_the_checkpoints_own_code(tmp_path):
         (folder / name).write_text("raise RuntimeError('remote code ran')\n")
     model = HookedAVModel.from_pretrained(folder)
     assert type(model.processor).__module__ == "hooked_av.families.minicpm_o.processor"
+
+
+# ---- other sizes and the pieces that differ from transformers ----------------------------------------------
+OTHER_SIZES = {  # GQA group 4, 2 resampler heads, the official drop_vision_last_layer default, 8 queries
+    "hidden_size": 256, "num_attention_heads": 8, "num_key_value_heads": 2, "intermediate_size": 320,
+    "num_hidden_layers": 3, "query_num": 8, "drop_vision_last_layer": True,
+    "vision_config": {"hidden_size": 48, "num_attention_heads": 3, "intermediate_size": 96, "num_hidden_layers": 3,
+                      "image_size": 224, "patch_size": 14, "model_type": "siglip_vision_model"},
+    "audio_config": {"d_model": 48, "encoder_attention_heads": 3, "encoder_ffn_dim": 192, "encoder_layers": 2,
+                     "decoder_layers": 1, "num_mel_bins": 80, "max_source_positions": 1500, "model_type": "whisper"},
+}
+
+
+def write_other_size_checkpoint(folder: Path, seed: int = 0) -> Path:
+    """A random MiniCPM-o checkpoint in the official layout at OTHER_SIZES (plus tts.* tensors), with the
+    fixture's tokenizer and a preprocessor for 8 queries and 56 px slices."""
+    from hooked_av.families.minicpm_o import MiniCPMO, MiniCPMOConfig
+
+    shutil.copytree(CHECKPOINT, folder, ignore=shutil.ignore_patterns("model.safetensors"))
+    config = {**json.loads((CHECKPOINT / "config.json").read_text()), **OTHER_SIZES}
+    (folder / "config.json").write_text(json.dumps(config))
+    pre = json.loads((CHECKPOINT / "preprocessor_config.json").read_text())
+    pre.update(image_feature_size=8, scale_resolution=56)
+    (folder / "preprocessor_config.json").write_text(json.dumps(pre))
+    generator = torch.Generator().manual_seed(seed)
+    state = MiniCPMO(MiniCPMOConfig(**config)).state_dict()
+    for name, tensor in state.items():
+        scale = tensor.shape[-1] ** -0.5 if tensor.ndim > 1 else 0.1
+        noise = torch.randn(tensor.shape, generator=generator) * scale
+        state[name] = (1 + noise) if name.endswith("norm.weight") or "layer_norm" in name or ".ln_" in name \
+            else noise
+    state["apm.embed_positions.weight"] = state["apm.embed_positions.weight"] * 0.1
+    save_file({**state, "tts.emb_text.weight": torch.zeros(4, 4)}, str(folder / "model.safetensors"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def other_size(tmp_path_factory):
+    return HookedAVModel.from_pretrained(write_other_size_checkpoint(tmp_path_factory.mktemp("minicpmo") / "ckpt"))
+
+
+def synthetic_clip(seconds: int, fps: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 256, size=(int(seconds * fps), 40, 60, 3), dtype=np.uint8)
+    t = np.arange(seconds * 16000) / 16000
+    audio = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(t.shape)).astype(np.float32)
+    return frames, audio
+
+
+def test_other_sizes_are_read_from_the_config(other_size):
+    cfg, hf = other_size.cfg, other_size.adapter.hf_model
+    assert (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.n_key_value_heads, cfg.d_head) == (256, 3, 8, 2, 32)
+    assert len(hf.vpm.encoder.layers) == 2  # drop_vision_last_layer
+    assert hf.resampler.num_heads == 2 and hf.resampler.query.shape == (8, 256)
+
+
+def test_omni_recipe_from_a_prompt_with_video_and_audio(other_size):
+    """prepare_inputs(prompt, video=, audio=): per second <unit>, one frame, one second of audio; then the prompt."""
+    frames, audio = synthetic_clip(seconds=3, fps=2.0)
+    batch = other_size.prepare_inputs("What happens?", video=frames, audio=audio, fps=2.0)
+    tokenizer = other_size.tokenizer
+    text = tokenizer.decode(batch["input_ids"][0])
+    assert text.startswith("<|im_start|>user\n" + OMNI_SYSTEM_PROMPT + "<|im_end|>\n<|im_start|>user\n<unit><image>")
+    assert text.endswith("<|audio_end|>What happens?<|im_end|>\n<|im_start|>assistant\n"
+                         "<|spk_bos|><|spk|><|spk_eos|><|tts_bos|>")
+    assert text.count("<unit>") == 3 and text.count("<|audio_start|>") == 3 and text.count("<image_id>") == 0
+    counts = other_size.modality_map(batch).counts()
+    assert counts["video"] == 3 * 8 and counts["audio"] == 75 and "image" not in counts
+    # the frame shown at the end of each second (index (k + 1) * fps, clipped), each upscaled to ~56^2 px
+    expected = other_size.processor.pixel_strip(Image.fromarray(frames[2]).resize((70, 42), Image.Resampling.BICUBIC))
+    assert torch.equal(batch["pixel_values"][0][0], expected[0])
+
+
+def test_decoder_at_other_sizes_equals_transformers_qwen2(other_size):
+    frames, audio = synthetic_clip(seconds=2, fps=1.0, seed=1)
+    batch = other_size.prepare_inputs(["Hi", "What happens?"], video=[None, frames], audio=[None, audio], fps=1.0)
+    logits, cache = other_size.run_with_cache(batch, names_filter="hook_inputs_embeds")
+    mask = batch["attention_mask"]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    llm = other_size.adapter.hf_model.llm
+    reference = llm(inputs_embeds=cache["hook_inputs_embeds"], attention_mask=mask, position_ids=positions).logits
+    real = mask.bool()
+    assert (logits[real] - reference[real]).abs().max() < 1e-4
+
+
+def test_audio_encoder_is_block_causal_over_seconds(other_size):
+    """An audio token of second k sees audio up to the end of second k only (the official 1 s chunk mask)."""
+    _, audio = synthetic_clip(seconds=3, fps=1.0)
+    changed = audio.copy()
+    changed[32000:] = changed[32000:][::-1] * 2
+    embeds = []
+    for wave in (audio, changed):
+        batch = other_size.prepare_inputs(messages=[{"role": "user", "content": ["Listen.", wave]}])
+        _, cache = other_size.run_with_cache(batch, names_filter="hook_audio_embeds")
+        embeds.append(cache["hook_audio_embeds"])
+    assert embeds[0].shape == (75, 256)
+    # second 1 (tokens 0-24) never sees the change; second 2's last mel frame does (its STFT window reaches
+    # into second 3), so its tokens are not compared
+    assert (embeds[0][:25] - embeds[1][:25]).abs().max() < 1e-5
+    assert (embeds[0][50:] - embeds[1][50:]).abs().max() > 1e-2
+
+
+def hf_bucket_rows(n: int, side: int) -> torch.Tensor:
+    """Position ids of an n x 1 grid from transformers' own Idefics2 embeddings (its i * (1/n) arithmetic)."""
+    from transformers import Idefics2VisionConfig
+    from transformers.models.idefics2.modeling_idefics2 import Idefics2VisionEmbeddings
+
+    emb = Idefics2VisionEmbeddings(Idefics2VisionConfig(hidden_size=1, image_size=side * 14, patch_size=14))
+    with torch.no_grad():
+        emb.patch_embedding.weight.zero_()
+        emb.patch_embedding.bias.zero_()
+        emb.position_embedding.weight.copy_(torch.arange(side * side, dtype=torch.float32)[:, None])
+        out = emb(torch.zeros(1, 3, n * 14, 14), torch.ones(1, n, 1, dtype=torch.bool))
+    return out[0, :, 0].round().long()
+
+
+@pytest.mark.parametrize("side, max_n, official_differs", [(70, 140, {49, 58, 77, 86, 98, 100, 110, 122, 135}),
+                                                             (32, 64, {58})])
+def test_navit_buckets_differ_from_transformers_where_the_official_code_measured_it(side, max_n, official_differs):
+    """The official float-step arange puts one row in another bucket exactly for the grid sides measured
+    (minicpmo_notes.md section 8); elsewhere it equals transformers' Idefics2."""
+    from hooked_av.families.minicpm_o.navit import bucket_position_ids
+
+    differs = {n for n in range(1, max_n + 1) if not torch.equal(bucket_position_ids(n, 1, side), hf_bucket_rows(n, side))}
+    assert differs == official_differs

@@ -16,11 +16,17 @@ from transformers.models.idefics2.modeling_idefics2 import Idefics2VisionEmbeddi
 
 def bucket_position_ids(rows: int, cols: int, side: int, device: torch.device | None = None
                         ) -> Int[Tensor, "rows_cols"]:
-    """Position-table ids (row-major) of a rows x cols patch grid on a side x side table, as the official code."""
+    """Position-table ids (row-major) of a rows x cols patch grid on a side x side table, as the official code.
+
+    The official step is `1 / n` of an integer *tensor* (its grid sizes are tensors), i.e. rounded to fp32.
+    """
     boundaries = torch.arange(1 / side, 1.0, 1 / side, device=device)
-    row_buckets = torch.bucketize(torch.arange(0, 1 - 1e-6, 1 / rows, device=device), boundaries, right=True)
-    col_buckets = torch.bucketize(torch.arange(0, 1 - 1e-6, 1 / cols, device=device), boundaries, right=True)
-    return (row_buckets[:, None] * side + col_buckets[None, :]).flatten()
+
+    def buckets(n: int) -> Tensor:
+        step = 1 / torch.tensor(n)
+        return torch.bucketize(torch.arange(0, 1 - 1e-6, step, device=device), boundaries, right=True)
+
+    return (buckets(rows)[:, None] * side + buckets(cols)[None, :]).flatten()
 
 
 class NaViTEmbeddings(Idefics2VisionEmbeddings):
