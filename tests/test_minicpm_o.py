@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from hooked_av import HookedAVModel, UnsupportedCheckpointError
-from hooked_av.families.minicpm_o.processor import OMNI_SYSTEM_PROMPT
+from hooked_av import HookedAVModel, InputError, UnsupportedCheckpointError
+from hooked_av.families.minicpm_o.processor import OMNI_SYSTEM_PROMPT, audio_token_count
 from hooked_av.model.modality import Modality
 
 from .test_loading import RecordingSafeOpen
@@ -362,3 +362,38 @@ def test_navit_buckets_differ_from_transformers_where_the_official_code_measured
 
     differs = {n for n in range(1, max_n + 1) if not torch.equal(bucket_position_ids(n, 1, side), hf_bucket_rows(n, side))}
     assert differs == official_differs
+
+
+def test_video_file_with_its_sound_track_equals_the_arrays(other_size, tmp_path):
+    from hooked_av.data.media import load_audio, load_video
+
+    from .test_media import write_clip
+
+    path = tmp_path / "clip.mp4"
+    write_clip(path, seconds=2.0)
+    from_file = other_size.prepare_inputs("What happens?", video=path, use_audio_in_video=True, fps=2.0)
+    audio = load_audio(path)
+    from_arrays = other_size.prepare_inputs("What happens?", video=load_video(path, 2.0), audio=audio, fps=2.0)
+    assert torch.equal(from_file["input_ids"], from_arrays["input_ids"])
+    assert torch.equal(from_file["audio_features"], from_arrays["audio_features"])
+    units = -(-len(audio) // 16000)  # the decoded track runs a little past 2 s: a third, short second
+    counts = other_size.modality_map(from_file).counts()
+    assert counts["audio"] == audio_token_count(len(audio), 160) and counts["video"] == units * 8
+
+
+def test_bfloat16_loading(cases):
+    model = HookedAVModel.from_pretrained(CHECKPOINT, dtype=torch.bfloat16)
+    hf = model.adapter.hf_model
+    assert {p.dtype for p in hf.parameters()} == {torch.bfloat16}
+    batch, official = cases["omni"]
+    logits = model(batch)
+    assert logits.dtype == torch.bfloat16
+    real = official["attention_mask"]
+    assert (logits.float()[real] - official["logits"][real]).abs().max() < 0.5  # bf16 rounding, 2 layers
+
+
+def test_messages_are_for_families_that_take_them(vl):
+    with pytest.raises(InputError, match="qwen2_5_vl family takes a prompt"):
+        vl[2].prepare_inputs(messages=[{"role": "user", "content": "Hi"}])
+    with pytest.raises(InputError, match="needs a prompt"):
+        vl[2].prepare_inputs()

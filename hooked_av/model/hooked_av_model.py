@@ -6,6 +6,7 @@ hooked blocks (fused SDPA unless a hook needs the pattern) -> final norm -> unem
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,6 +245,8 @@ class HookedAVModel(HookedRootModule):
         """
         if prompt is None and kwargs.get("messages") is None:
             raise InputError("prepare_inputs needs a prompt (or, for families that take them, messages=...)")
+        if "messages" in kwargs and "messages" not in inspect.signature(self.adapter.prepare_inputs).parameters:
+            raise InputError(f"the {self.cfg.family} family takes a prompt with media, not messages=...")
         batch = self.adapter.prepare_inputs(prompt, video=video, audio=audio, image=image,
                                             use_audio_in_video=use_audio_in_video, fps=fps, **kwargs)
         return self._to_device(batch)
