@@ -397,3 +397,15 @@ def test_messages_are_for_families_that_take_them(vl):
         vl[2].prepare_inputs(messages=[{"role": "user", "content": "Hi"}])
     with pytest.raises(InputError, match="needs a prompt"):
         vl[2].prepare_inputs()
+
+
+@pytest.mark.parametrize("content, message", [
+    (["Hi", np.zeros((4, 4, 3), dtype=np.uint8)], "arrays are audio"),
+    (["Hi", 3], "holds a int"),
+    (["Hi", "(<image>./</image>)"], "do not write"),
+])
+def test_malformed_messages_are_typed_errors(model, content, message):
+    with pytest.raises(InputError, match=message):
+        model.prepare_inputs(messages=[{"role": "user", "content": content}])
+    with pytest.raises(InputError, match="first message"):
+        model.prepare_inputs(messages=[{"role": "assistant", "content": "Hi"}])

@@ -105,7 +105,7 @@ class MiniCPMOProcessor:
 
     def token_id(self, token: str) -> int:
         token_id = self.tokenizer.convert_tokens_to_ids(token)
-        if token_id is None or token_id == self.tokenizer.unk_token_id and token != self.tokenizer.unk_token:
+        if token_id is None or (token_id == self.tokenizer.unk_token_id and token != self.tokenizer.unk_token):
             raise UnsupportedCheckpointError(f"the tokenizer has no {token!r} token, which MiniCPM-o needs")
         return token_id
 
@@ -131,6 +131,9 @@ class MiniCPMOProcessor:
                     images.append(item)
                     parts_text.append(IMAGE_TAG)
                 elif isinstance(item, np.ndarray):
+                    if item.ndim != 1 or not item.size:
+                        raise InputError(f"message {i} holds a numpy array of shape {item.shape}: arrays are audio "
+                                         "(1-D float32 16 kHz waveforms); pass images as PIL images")
                     audios.append(item)
                     parts.append(i)
                     parts_text.append(AUDIO_TAG)
@@ -193,7 +196,7 @@ class MiniCPMOProcessor:
             else:
                 streams.append(audio)
         limit = MAX_SEGMENT_SECONDS * self.feature_extractor.sampling_rate
-        return [s[i:i + limit] for s in streams for i in range(0, max(len(s), 1), limit)]
+        return [s[i:i + limit] for s in streams for i in range(0, len(s), limit)]
 
     def audio_features(self, segments: list[np.ndarray]) -> tuple[list[Tensor], Tensor]:
         """Log-mel features of each segment, computed on the zero-padded 30 s window, cut to the real length."""
