@@ -409,3 +409,15 @@ def test_malformed_messages_are_typed_errors(model, content, message):
         model.prepare_inputs(messages=[{"role": "user", "content": content}])
     with pytest.raises(InputError, match="first message"):
         model.prepare_inputs(messages=[{"role": "assistant", "content": "Hi"}])
+
+
+def test_from_hf_model_wraps_the_module_and_needs_the_processor(model, cases):
+    from hooked_av import MissingProcessorError
+
+    hf = model.adapter.hf_model
+    wrapped = HookedAVModel.from_hf_model(hf, model.processor)
+    assert wrapped.cfg.family == "minicpm_o_2_6" and wrapped.W_E is model.W_E  # shared, not copied
+    batch, _ = cases["image"]
+    assert torch.equal(wrapped(batch), model(batch))
+    with pytest.raises(MissingProcessorError, match="marker tokens"):
+        HookedAVModel.from_hf_model(hf)
