@@ -488,6 +488,8 @@ USER_FAMILY_ERRORS = {
                   "hf.model_class"),
     "wrong_adapter": (lambda p: user_family(p.parent, lambda d: _set(d, "my_pkg.no_such_adapter", "adapter")),
                       ModelConfigError, "'adapter' names 'my_pkg.no_such_adapter'"),
+    "unknown_class": (lambda p: user_family(p.parent, lambda d: _set(d, "my_pkg.models.MyModel", "hf", "model_class")),
+                      ModelConfigError, "class 'my_pkg.models.MyModel' named in a family file is not in module my_pkg"),
     "does_not_match_folder": (lambda p: user_family(p.parent, lambda d: _set(d, ["llama"], "match", "model_types")
                                                     or _set(d, [], "match", "architectures")),
                               UnsupportedCheckpointError, "family.yaml matches model_type='qwen2_5_vl'"),

@@ -357,7 +357,7 @@ def hf_bucket_rows(n: int, side: int) -> torch.Tensor:
                                                              (32, 64, {58})])
 def test_navit_buckets_differ_from_transformers_where_the_official_code_measured_it(side, max_n, official_differs):
     """The official float-step arange puts one row in another bucket exactly for the grid sides measured
-    (minicpmo_notes.md section 8); elsewhere it equals transformers' Idefics2."""
+    (by running the official code on every side up to 140 / 64); elsewhere it equals transformers' Idefics2."""
     from hooked_av.families.minicpm_o.navit import bucket_position_ids
 
     differs = {n for n in range(1, max_n + 1) if not torch.equal(bucket_position_ids(n, 1, side), hf_bucket_rows(n, side))}

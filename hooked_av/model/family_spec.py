@@ -233,11 +233,12 @@ def resolve_class(name: str) -> type:
     """A class named in a family file: a bare name is a `transformers` class; a dotted path
     (`package.module.Class`) is imported from that module (a family whose model is not in transformers)."""
     module_name, _, attr = name.rpartition(".")
-    if not module_name:
-        import transformers
-
-        return getattr(transformers, name)
-    return getattr(importlib.import_module(module_name), attr)
+    try:
+        module = importlib.import_module(module_name or "transformers")
+        return getattr(module, attr)
+    except (ImportError, AttributeError) as err:
+        where = f"module {module_name}" if module_name else "transformers"
+        raise ModelConfigError(f"class {name!r} named in a family file is not in {where} ({err})") from err
 
 
 def is_transformers_class(name: str) -> bool:
