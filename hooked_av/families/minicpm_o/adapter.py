@@ -156,9 +156,10 @@ def media_messages(prompt: str, frames: np.ndarray | None, wave: np.ndarray | No
                    sampling_rate: int, system_prompt: str | None) -> list[dict[str, Any]]:
     """The official message layout for a prompt and media.
 
-    Video: the omni recipe (a user-role system message, then per second `<unit>`, the frame shown at the end of
-    that second and that second of audio), the prompt last. Audio alone: prompt, then audio (the official ASR
-    layout). Image: image, then prompt.
+    Video: the official omni recipe (a user-role system message, then for each started second of the video
+    `<unit>`, the frame shown at the end of that second and that second of audio; audio past the video's end is
+    dropped), the prompt last. Audio alone: prompt, then audio (the official ASR layout). Image: image, then
+    prompt.
     """
     if frames is None:
         content: list[Any] = ([to_pil(image)] if image is not None else []) + [prompt]
@@ -168,12 +169,12 @@ def media_messages(prompt: str, frames: np.ndarray | None, wave: np.ndarray | No
         return system + [{"role": "user", "content": content}]
     if image is not None:
         raise InputError("MiniCPM-o's omni recipe takes a video with its audio; give the image separately")
-    seconds = math.ceil(len(wave) / sampling_rate) if wave is not None else math.ceil(len(frames) / fps)
     units: list[Any] = []
-    for k in range(seconds):
+    for k in range(math.ceil(len(frames) / fps)):  # the video's duration, in started seconds
         units += ["<unit>", to_pil(frames[min(round((k + 1) * fps), len(frames) - 1)])]
-        if wave is not None:
-            units.append(wave[k * sampling_rate:(k + 1) * sampling_rate])
+        second = wave[k * sampling_rate:(k + 1) * sampling_rate] if wave is not None else None
+        if second is not None and len(second):  # an empty slice would add no tokens: the same as none
+            units.append(second)
     system = OMNI_SYSTEM_PROMPT if system_prompt is None else system_prompt
     return [{"role": "user", "content": [system]}, {"role": "user", "content": units + [prompt]}]
 
