@@ -20,15 +20,17 @@ from torch.nn import functional as F
 from hooked_av.data.media import load_audio, load_image, load_video
 from hooked_av.families.base import Batch, FamilyAdapter, text_positions
 from hooked_av.families.chat import MediaPath, per_sample
+from hooked_av.families.minicpm_o.modeling import MiniCPMO
 from hooked_av.families.minicpm_o.navit import encode_images
 from hooked_av.families.minicpm_o.processor import OMNI_SYSTEM_PROMPT, MiniCPMOProcessor
 from hooked_av.families.minicpm_o.whisper import encoder_lengths
 from hooked_av.model.errors import InputError, MissingProcessorError, PlaceholderMismatchError
+from hooked_av.model.family_spec import FamilySpec
 from hooked_av.model.modality import Modality
 
 
 class MiniCPMOAdapter(FamilyAdapter):
-    def __init__(self, spec, hf_model, processor: MiniCPMOProcessor | None = None):
+    def __init__(self, spec: FamilySpec, hf_model: MiniCPMO, processor: MiniCPMOProcessor | None = None):
         super().__init__(spec, hf_model, processor)
         if processor is None:
             raise MissingProcessorError(
