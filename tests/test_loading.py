@@ -15,12 +15,13 @@ from safetensors.torch import load_file, save_file
 
 from hooked_av import HookedAVModel, MissingProcessorError, ModelConfigError, UnsupportedCheckpointError
 from hooked_av.families.base import load_adapter_class
-from hooked_av.model.family_spec import builtin_config_dir, builtin_family_specs, load_family_spec, parse_family_spec
+from hooked_av.model.family_spec import (builtin_config_dir, builtin_family_specs, load_family_spec, parse_family_spec,
+                                        resolve_class)
 from hooked_av.testing.tiny import tiny_qwen2_5_vl
 
 from .conftest import PROMPT
 
-FAMILY = {"omni": "qwen2_5_omni", "vl": "qwen2_5_vl"}
+FAMILY = {"omni": "qwen2_5_omni", "vl": "qwen2_5_vl", "minicpm_o": "minicpm_o_2_6"}
 
 
 # ---- fixtures ---------------------------------------------------------------------------------------------
@@ -359,7 +360,7 @@ def test_every_builtin_spec_parses_and_is_usable():
         assert spec.matches({"model_type": spec.model_types[0]})
         assert load_adapter_class(spec) is not None
         for cls in (spec.model_class, spec.config_class, spec.processor_class, *spec.wrappers):
-            assert hasattr(transformers, cls), cls
+            assert isinstance(resolve_class(cls), type), cls  # a transformers class, or a dotted path
         # The file round-trips through the parser unchanged.
         assert parse_family_spec(builtin_yaml(spec.name), "x") == spec
     omni = next(s for s in specs if s.name == "qwen2_5_omni")
@@ -459,3 +460,54 @@ def test_mrope_sections_that_do_not_fit_the_head_are_a_typed_error():
     hf_model.config.text_config.rope_parameters["mrope_section"] = [4, 6, 7]
     with pytest.raises(UnsupportedCheckpointError, match="rotary"):
         HookedAVModel.from_hf_model(hf_model)
+
+
+# ---- a user's own family file (from_pretrained / from_hf_model family=...) ----------------------------------
+def user_family(tmp_path: Path, edit=None) -> Path:
+    """The VL family under another name, its adapter given as a dotted module path (as a user's own would be)."""
+    data = builtin_yaml("qwen2_5_vl")
+    data.update(name="my_vl", adapter="hooked_av.families.qwen2_5_vl")
+    if edit is not None:
+        edit(data)
+    return write_spec(tmp_path, data)
+
+
+def test_user_family_file_is_used(tmp_path, models, folders, batches, reference_logits):
+    path = user_family(tmp_path)
+    model = HookedAVModel.from_pretrained(folders["vl"], family=path)
+    assert model.cfg.family == "my_vl" and model.adapter.spec.source == str(path)
+    assert (model(batches["vl"]) - reference_logits["vl"]).abs().max() < 1e-5
+    hf_model, processor, _ = models["vl"]
+    wrapped = HookedAVModel.from_hf_model(hf_model, processor, family=str(path))
+    assert wrapped.cfg.family == "my_vl"
+
+
+USER_FAMILY_ERRORS = {
+    "missing_file": (lambda p: p.parent / "nope.yaml", ModelConfigError, "does not exist"),
+    "malformed": (lambda p: user_family(p.parent, lambda d: _drop(d, "hf", "model_class")), ModelConfigError,
+                  "hf.model_class"),
+    "wrong_adapter": (lambda p: user_family(p.parent, lambda d: _set(d, "my_pkg.no_such_adapter", "adapter")),
+                      ModelConfigError, "'adapter' names 'my_pkg.no_such_adapter'"),
+    "unknown_class": (lambda p: user_family(p.parent, lambda d: _set(d, "my_pkg.models.MyModel", "hf", "model_class")),
+                      ModelConfigError, "class 'my_pkg.models.MyModel' named in a family file is not in module my_pkg"),
+    "does_not_match_folder": (lambda p: user_family(p.parent, lambda d: _set(d, ["llama"], "match", "model_types")
+                                                    or _set(d, [], "match", "architectures")),
+                              UnsupportedCheckpointError, "family.yaml matches model_type='qwen2_5_vl'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(USER_FAMILY_ERRORS))
+def test_user_family_file_errors_name_the_problem(tmp_path, folders, case):
+    make, error, message = USER_FAMILY_ERRORS[case]
+    path = make(tmp_path / "family.yaml")
+    with pytest.raises(error) as err:
+        HookedAVModel.from_pretrained(folders["vl"], family=path)
+    assert message in str(err.value)
+    if case == "malformed":
+        assert str(path) in str(err.value)
+
+
+def test_user_family_for_another_class_rejects_an_hf_model(tmp_path, models):
+    path = user_family(tmp_path, lambda d: _set(d, "Qwen2_5OmniThinkerForConditionalGeneration", "hf", "model_class"))
+    with pytest.raises(UnsupportedCheckpointError, match="Qwen2_5_VLForConditionalGeneration is not a supported"):
+        HookedAVModel.from_hf_model(models["vl"][0], models["vl"][1], family=path)

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from hooked_av.model.components import Attention, GatedMLP, RMSNorm, TransformerBlock
 from hooked_av.model.config import HookedAVConfig, rope_axis_of_channel
-from hooked_av.model.errors import InputError, MissingProcessorError, UnsupportedCheckpointError
+from hooked_av.model.errors import InputError, MissingProcessorError, ModelConfigError, UnsupportedCheckpointError
 from hooked_av.model.family_spec import FamilySpec
 from hooked_av.model.modality import Modality, TokenRoles, roles_from_tokenizer
 
@@ -84,6 +84,12 @@ class FamilyAdapter:
     # ---- tokens -----------------------------------------------------------------------------------------
     def placeholder_ids(self) -> dict[Modality, int]:
         return {Modality.parse(m): int(getattr(self.hf_config, attr)) for m, attr in self.spec.placeholders.items()}
+
+    def placeholder_masks(self, input_ids: Tensor) -> dict[Modality, Tensor]:
+        """[batch, pos] True at the slots each modality's features fill. By default a placeholder token id per
+        modality; a family whose modalities share one placeholder token (told apart by the markers around
+        it) overrides this."""
+        return {modality: input_ids == token_id for modality, token_id in self.placeholder_ids().items()}
 
     def token_roles(self) -> TokenRoles:
         placeholders = self.placeholder_ids()
@@ -155,6 +161,17 @@ def require(batch: Batch, key: str, why: str) -> Tensor:
 
 
 def load_adapter_class(spec: FamilySpec) -> type[FamilyAdapter]:
-    module = importlib.import_module(f"hooked_av.families.{spec.adapter}")
-    return module.ADAPTER
+    """`ADAPTER` of `hooked_av.families.<adapter>`, or of the module `<adapter>` when it is a dotted path (a
+    user's own adapter outside the package)."""
+    name = spec.adapter if "." in spec.adapter else f"hooked_av.families.{spec.adapter}"
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        raise ModelConfigError(f"{spec.source}: 'adapter' names {spec.adapter!r}, but module {name} cannot be "
+                               f"imported ({err})") from err
+    adapter = getattr(module, "ADAPTER", None)
+    if not (isinstance(adapter, type) and issubclass(adapter, FamilyAdapter)):
+        raise ModelConfigError(f"{spec.source}: module {name} (its 'adapter') must define ADAPTER, a "
+                               "FamilyAdapter subclass")
+    return adapter
 

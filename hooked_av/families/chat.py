@@ -23,7 +23,7 @@ class Sample:
     messages: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _per_sample(value: Any, n: int, name: str) -> list[Any]:
+def per_sample(value: Any, n: int, name: str) -> list[Any]:
     if n == 1:
         return [value]
     if value is None:
@@ -42,7 +42,7 @@ def build_samples(prompt: str | list[str], video: Any, audio: Any, image: Any, *
     `audio` must be None), or `audio` when the video is given as frames.
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    videos, audios, images = (_per_sample(v, len(prompts), n) for v, n in
+    videos, audios, images = (per_sample(v, len(prompts), n) for v, n in
                               ((video, "video"), (audio, "audio"), (image, "image")))
     samples = []
     for text, v, a, im in zip(prompts, videos, audios, images):

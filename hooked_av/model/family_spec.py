@@ -12,6 +12,7 @@ lives in the family's adapter module, `hooked_av.families.<adapter>`.
 from __future__ import annotations
 
 import functools
+import importlib
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -153,8 +154,9 @@ def parse_family_spec(data: Any, source: str = "<memory>") -> FamilySpec:
     if rope_kind != "default" and sections is None:
         raise ModelConfigError(f"{source}: rope kind {rope_kind!r} needs 'decoder.rope.sections_from'")
     adapter = r.get("adapter", str)
-    if not adapter.isidentifier():
-        raise ModelConfigError(f"{source}: 'adapter' must name a module of hooked_av.families, got {adapter!r}")
+    if not all(part.isidentifier() for part in adapter.split(".")):
+        raise ModelConfigError(f"{source}: 'adapter' must name a module of hooked_av.families (or a dotted module "
+                               f"path), got {adapter!r}")
     spec = FamilySpec(
         name=r.get("name", str), adapter=adapter,
         model_types=r.str_list("match.model_types"), architectures=r.str_list("match.architectures", []),
@@ -209,17 +211,46 @@ def family_for_config(config: dict[str, Any], specs: tuple[FamilySpec, ...] | No
         if spec.matches(config):
             return spec
     known = sorted(t for s in specs for t in s.model_types)
+    where = "model_configs/" if specs == builtin_family_specs() else ", ".join(s.source for s in specs)
     raise UnsupportedCheckpointError(
-        f"no file in model_configs/ matches model_type={config.get('model_type')!r}, "
+        f"no family file in {where} matches model_type={config.get('model_type')!r}, "
         f"architectures={config.get('architectures')}; supported model types: {known}. "
         "To add a family, write model_configs/<family>.yaml and an adapter (see docs/architecture.md).")
 
 
 def family_for_hf_model(hf_model: Any, specs: tuple[FamilySpec, ...] | None = None) -> FamilySpec:
     specs = builtin_family_specs() if specs is None else specs
-    cls = type(hf_model).__name__
+    cls = type(hf_model)
+    names = {cls.__name__, f"{cls.__module__}.{cls.__qualname__}"}
     for spec in specs:
-        if cls == spec.model_class or cls in spec.wrappers:
+        if spec.model_class in names or names & set(spec.wrappers):
             return spec
     supported = sorted({s.model_class for s in specs} | {w for s in specs for w in s.wrappers})
-    raise UnsupportedCheckpointError(f"{cls} is not a supported HF model class; supported: {supported}")
+    raise UnsupportedCheckpointError(f"{cls.__name__} is not a supported HF model class; supported: {supported}")
+
+
+def resolve_class(name: str) -> type:
+    """A class named in a family file: a bare name is a `transformers` class; a dotted path
+    (`package.module.Class`) is imported from that module (a family whose model is not in transformers)."""
+    module_name, _, attr = name.rpartition(".")
+    try:
+        module = importlib.import_module(module_name or "transformers")
+        return getattr(module, attr)
+    except (ImportError, AttributeError) as err:
+        where = f"module {module_name}" if module_name else "transformers"
+        raise ModelConfigError(f"class {name!r} named in a family file is not in {where} ({err})") from err
+
+
+def is_transformers_class(name: str) -> bool:
+    return "." not in name
+
+
+def family_spec_from(family: str | Path | FamilySpec) -> FamilySpec:
+    """A user's family: a FamilySpec, or the path of a family YAML file (validated as the built-in ones)."""
+    if isinstance(family, FamilySpec):
+        return family
+    path = Path(family)
+    if not path.is_file():
+        raise ModelConfigError(f"family file {path} does not exist: pass the path of a family YAML "
+                               "(see model_configs/*.yaml for examples)")
+    return load_family_spec(path)

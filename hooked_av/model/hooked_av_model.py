@@ -7,6 +7,7 @@ hooked blocks (fused SDPA unless a hook needs the pattern) -> final norm -> unem
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from hooked_av.families.base import FamilyAdapter, load_adapter_class
 from hooked_av.model.activation_cache import AVActivationCache
 from hooked_av.model.components import AttentionMask, RMSNorm, RotaryEmbedding, fire
 from hooked_av.model.errors import InputError, PlaceholderMismatchError, UnknownHookError, check_layer
-from hooked_av.model.family_spec import family_for_hf_model
+from hooked_av.model.family_spec import FamilySpec, family_for_hf_model, family_spec_from
 from hooked_av.model.kv_cache import KVCache, SharedPrefixKVCache
 from hooked_av.model.modality import Modality, ModalityMap, build_modality_map
 
@@ -125,26 +126,36 @@ class HookedAVModel(HookedRootModule):
 
     # ---- construction ----------------------------------------------------------------------------------
     @classmethod
-    def from_hf_model(cls, hf_model: nn.Module, processor: Any = None) -> HookedAVModel:
-        """Wrap an HF model already in memory; its weight tensors are shared, not copied."""
-        spec = family_for_hf_model(hf_model)
+    def from_hf_model(cls, hf_model: nn.Module, processor: Any = None,
+                      family: str | Path | FamilySpec | None = None) -> HookedAVModel:
+        """Wrap an HF model already in memory; its weight tensors are shared, not copied.
+
+        family: the path of your own family YAML (or a FamilySpec) instead of the built-in model_configs/.
+        """
+        specs = None if family is None else (family_spec_from(family),)
+        spec = family_for_hf_model(hf_model, specs)
         inner = getattr(hf_model, spec.wrappers[type(hf_model).__name__]) if type(hf_model).__name__ in \
             spec.wrappers else hf_model
         return cls(load_adapter_class(spec)(spec, inner, processor))
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None,
-                        dtype: torch.dtype | None = None, processor: Any = "auto") -> HookedAVModel:
+                        dtype: torch.dtype | None = None, processor: Any = "auto",
+                        family: str | Path | FamilySpec | None = None) -> HookedAVModel:
         """Load a local HF checkpoint folder (safetensors only); the family is read from its config.json.
 
         processor="auto" loads the processor when the folder has one; pass an object to use it, or None.
+        family: the path of your own family YAML (or a FamilySpec), validated as the built-in ones; it must
+        match the folder's config.json.
         """
         from hooked_av.model.loading import load_hf_model, load_processor
 
-        hf_model, spec = load_hf_model(Path(path), device=device, dtype=dtype)
+        spec = None if family is None else family_spec_from(family)
+        adapter_class = None if spec is None else load_adapter_class(spec)  # a bad adapter fails before loading
+        hf_model, spec = load_hf_model(Path(path), device=device, dtype=dtype, spec=spec)
         if processor == "auto":
-            processor = load_processor(Path(path))
-        return cls(load_adapter_class(spec)(spec, hf_model, processor))
+            processor = load_processor(Path(path), spec)
+        return cls((adapter_class or load_adapter_class(spec))(spec, hf_model, processor))
 
     # ---- TransformerLens surface ----------------------------------------------------------------------
     @property
@@ -289,13 +300,19 @@ class HookedAVModel(HookedRootModule):
                                       modality_map=self.modality_map(batch), input_ids=batch["input_ids"])
 
     # ---- inputs ----------------------------------------------------------------------------------------
-    def prepare_inputs(self, prompt: str | list[str], video: Any = None, audio: Any = None, image: Any = None, *,
-                       use_audio_in_video: bool = False, fps: float = 2.0, **kwargs: Any) -> dict[str, Any]:
+    def prepare_inputs(self, prompt: str | list[str] | None = None, video: Any = None, audio: Any = None,
+                       image: Any = None, *, use_audio_in_video: bool = False, fps: float = 2.0,
+                       **kwargs: Any) -> dict[str, Any]:
         """The chat-templated processor batch for a prompt and media (arrays, or file paths read with PyAV).
 
         video: uint8 frames (T, H, W, 3) sampled at `fps`, or a file; audio: float32 mono 16 kHz, or a file;
         image: uint8 (H, W, 3), or a file. A list of prompts (with lists of media) makes a left-padded batch.
+        A family with its own message format (MiniCPM-o: `messages=`) takes it instead of a prompt.
         """
+        if prompt is None and kwargs.get("messages") is None:
+            raise InputError("prepare_inputs needs a prompt (or, for families that take them, messages=...)")
+        if "messages" in kwargs and "messages" not in inspect.signature(self.adapter.prepare_inputs).parameters:
+            raise InputError(f"the {self.cfg.family} family takes a prompt with media, not messages=...")
         batch = self.adapter.prepare_inputs(prompt, video=video, audio=audio, image=image,
                                             use_audio_in_video=use_audio_in_video, fps=fps, **kwargs)
         return self._to_device(batch)
@@ -325,7 +342,9 @@ class HookedAVModel(HookedRootModule):
     def modality_map(self, batch: Any = None, **inputs: Any) -> ModalityMap:
         """Which positions of a batch are video, audio, image, prompt text, template or special tokens."""
         merged = self._gather_inputs(batch, inputs)
-        return build_modality_map(merged["input_ids"], merged.get("attention_mask"), self.token_roles)
+        ids = merged["input_ids"]
+        return build_modality_map(ids, merged.get("attention_mask"), self.token_roles,
+                                  self.adapter.placeholder_masks(ids))
 
     def embed_prompt(self, batch: Any = None, **inputs: Any) -> Prompt:
         """Token embeddings with encoder features merged in, rotary positions and the modality map."""
@@ -333,8 +352,8 @@ class HookedAVModel(HookedRootModule):
         ids = merged["input_ids"]
         embeds = fire(self.hook_embed, self.embed(ids))
         features = self.adapter.encode(merged)
-        for modality, token_id in self.adapter.placeholder_ids().items():
-            slots = ids == token_id
+        placeholder_masks = self.adapter.placeholder_masks(ids)
+        for modality, slots in placeholder_masks.items():
             feats = features.get(modality)
             n_slots = int(slots.sum())
             if feats is None:
@@ -356,7 +375,7 @@ class HookedAVModel(HookedRootModule):
         merged["attention_mask"] = attention_mask
         positions = fire(self.hook_pos_ids, self.adapter.position_ids(merged))
         return Prompt(ids, fire(self.hook_inputs_embeds, embeds), positions, attention_mask,
-                      build_modality_map(ids, attention_mask, self.token_roles))
+                      build_modality_map(ids, attention_mask, self.token_roles, placeholder_masks))
 
     # ---- the decoder -----------------------------------------------------------------------------------
     def run_blocks(self, inputs_embeds: Tensor, positions: Tensor, attention_mask: Tensor,

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from hooked_av.model.errors import UnsupportedCheckpointError
-from hooked_av.model.family_spec import FamilySpec, family_for_config
+from hooked_av.model.family_spec import FamilySpec, family_for_config, is_transformers_class, resolve_class
 
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json")
 
@@ -45,9 +45,7 @@ def safetensors_files(folder: Path) -> list[Path]:
 
 
 def hf_config_for(spec: FamilySpec, config: dict[str, Any]):
-    import transformers
-
-    config_class = getattr(transformers, spec.config_class)
+    config_class = resolve_class(spec.config_class)
     if spec.full_config_key and spec.full_config_key in config:  # a full model: take the part we load
         config = config[spec.full_config_key]
     config = {k: v for k, v in config.items() if k not in ("architectures", "model_type", "transformers_version")}
@@ -72,20 +70,21 @@ def read_state_dict(spec: FamilySpec, folder: Path, dtype: torch.dtype | None,
 
 def build_empty(spec: FamilySpec, hf_config) -> nn.Module:
     """The HF model with parameters on the meta device (buffers real), ready for assign-loading."""
-    import transformers
     from accelerate import init_empty_weights
 
     hf_config._attn_implementation = "sdpa"
     with init_empty_weights(include_buffers=False):
-        return getattr(transformers, spec.model_class)(hf_config)
+        return resolve_class(spec.model_class)(hf_config)
 
 
-def load_hf_model(folder: Path, device: str | torch.device | None = None,
-                  dtype: torch.dtype | None = None) -> tuple[nn.Module, FamilySpec]:
+def load_hf_model(folder: Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+                  spec: FamilySpec | None = None) -> tuple[nn.Module, FamilySpec]:
+    """The HF model of a checkpoint folder; `spec` (a user's family) must match its config.json, else the
+    family is the first built-in one that does."""
     if not folder.is_dir():
         raise UnsupportedCheckpointError(f"{folder} is not a folder: give the local folder of an HF checkpoint")
     config = read_config(folder)
-    spec = family_for_config(config)
+    spec = family_for_config(config, None if spec is None else (spec,))
     hf_config = hf_config_for(spec, config)
     device = device or "cpu"
     model = build_empty(spec, hf_config)
@@ -111,10 +110,13 @@ def load_hf_model(folder: Path, device: str | torch.device | None = None,
     return model.eval(), spec
 
 
-def load_processor(folder: Path) -> Any:
-    """The folder's HF processor, or None when it has no processor files. Never runs remote code."""
+def load_processor(folder: Path, spec: FamilySpec) -> Any:
+    """The folder's processor, or None when it has no processor files. Never runs remote code: a family whose
+    processor is not in transformers names its own class (a dotted path with a `from_pretrained`)."""
     if not any((folder / f).is_file() for f in PROCESSOR_FILES):
         return None
+    if not is_transformers_class(spec.processor_class):
+        return resolve_class(spec.processor_class).from_pretrained(folder)
     from transformers import AutoProcessor
 
     return AutoProcessor.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)

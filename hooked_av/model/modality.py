@@ -109,13 +109,17 @@ def _mark_turns(row: list[int], codes: list[int], roles: TokenRoles) -> None:
 
 
 def build_modality_map(input_ids: Int[Tensor, "batch pos"], attention_mask: Tensor | None,
-                       roles: TokenRoles) -> ModalityMap:
+                       roles: TokenRoles, placeholder_masks: dict[Modality, Tensor] | None = None) -> ModalityMap:
+    """`placeholder_masks` ([batch, pos] per modality) replace the placeholder-id lookup, for families whose
+    modalities share one placeholder token."""
     ids = input_ids.cpu()
     codes = torch.full_like(ids, int(Modality.TEXT))
     specials = torch.tensor(sorted(roles.special_ids), dtype=ids.dtype)
     codes[torch.isin(ids, specials)] = int(Modality.SPECIAL)
-    for modality, token_id in roles.placeholders.items():
-        codes[ids == token_id] = int(modality)
+    if placeholder_masks is None:
+        placeholder_masks = {modality: ids == token_id for modality, token_id in roles.placeholders.items()}
+    for modality, slots in placeholder_masks.items():
+        codes[slots.cpu()] = int(modality)
     if roles.turn_start is not None and roles.role_of is not None:
         for b in range(ids.shape[0]):
             row = ids[b].tolist()
