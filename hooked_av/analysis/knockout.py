@@ -20,16 +20,13 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from hooked_av.data.jsonl import append_rows, read_done
-from hooked_av.data.manifest import ManifestRow, check_unique_ids, load_sample, sample_inputs
+from hooked_av.data.manifest import PAPER_PROMPTS, ManifestRow, check_unique_ids, load_sample, sample_inputs
 from hooked_av.model.errors import EmptySelectionError, HookedAVError, InputError, check_layer
 from hooked_av.model.hooked_av_model import DecodeState, Prompt, Sampling
 from hooked_av.model.kv_cache import SharedPrefixKVCache
 from hooked_av.model.modality import Modality, ModalityMap
 
 log = logging.getLogger(__name__)
-
-PAPER_PROMPTS = ("Describe what you see and hear.", "Describe what you see.", "Describe what you hear.")
-
 
 @dataclass(frozen=True)
 class Knockout:

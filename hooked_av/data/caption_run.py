@@ -11,10 +11,9 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from hooked_av.analysis.knockout import PAPER_PROMPTS
 from hooked_av.data.checkpoint import describe_checkpoint
 from hooked_av.data.jsonl import append_rows, iter_rows, output_file, read_done
-from hooked_av.data.manifest import ManifestRow, load_sample
+from hooked_av.data.manifest import PAPER_PROMPTS, ManifestRow, load_sample
 from hooked_av.data.media import load_video
 from hooked_av.model.errors import HookedAVError, InputError
 

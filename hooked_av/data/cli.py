@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from hooked_av.analysis.knockout import PAPER_PROMPTS
+from hooked_av.data.manifest import PAPER_PROMPTS
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:

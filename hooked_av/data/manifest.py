@@ -19,6 +19,8 @@ from hooked_av.model.errors import HookedAVError, InputError
 log = logging.getLogger(__name__)
 
 AUDIO_FROM_VIDEO = "video"  # the `audio` value meaning "the sound track of the video file"
+# The paper's instructions: audio-visual captioning, then the modality-specific prompts of Sections 7-8.
+PAPER_PROMPTS = ("Describe what you see and hear.", "Describe what you see.", "Describe what you hear.")
 
 
 class ManifestError(InputError):
