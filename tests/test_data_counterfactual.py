@@ -212,6 +212,27 @@ def test_build_refuses_rows_without_captions_or_counterfactual_input(factual_row
         build_counterfactuals(factual_rows, 2, tmp_path, embedder=HashEmbedder(), factual="all")
 
 
+class CountingEmbedder(HashEmbedder):
+    calls = 0
+
+    def encode(self, texts):
+        CountingEmbedder.calls += 1
+        return super().encode(texts)
+
+
+def test_too_few_clips_or_too_large_a_k_is_refused_before_any_work(factual_rows, tmp_path):
+    embedder = CountingEmbedder()
+    with pytest.raises(InputError, match="0 usable factual clip\\(s\\): swapping sounds needs at least 2"):
+        build_counterfactuals([], 1, tmp_path / "empty", embedder=embedder)
+    with pytest.raises(InputError, match="1 usable factual clip"):
+        build_counterfactuals(factual_rows[:1], 1, tmp_path / "one", embedder=embedder)
+    with pytest.raises(InputError, match="k=6 counterfactuals asked for, but 5 clips give 5 candidate pairs"):
+        build_counterfactuals(factual_rows, 6, tmp_path / "six", embedder=embedder)
+    with pytest.raises(InputError, match="choose k in 1..5"):
+        build_counterfactuals(factual_rows, 0, tmp_path / "zero", embedder=embedder)
+    assert CountingEmbedder.calls == 0 and not any(tmp_path.iterdir())
+
+
 def test_the_set_is_self_contained_and_can_be_moved_whole(factual_rows, tmp_path):
     import shutil
 

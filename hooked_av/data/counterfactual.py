@@ -173,6 +173,7 @@ def build_counterfactuals(rows: Sequence[ManifestRow], k: int, out_dir: str | Pa
     if factual not in ("paired", "random"):
         raise InputError(f"factual must be 'paired' or 'random', got {factual!r}")
     rows, skipped = usable_rows(rows, skip_bad_media)
+    check_pair_count(len(rows), k)
     embedder = embedder if embedder is not None else SentenceEmbedder()
     audio, video = caption_embeddings(rows, embedder)
     similarity = cosine_matrix(video, audio)
@@ -207,6 +208,15 @@ def check_inputs(rows: Sequence[ManifestRow]) -> None:
             raise InputError(f"{len(bad)} manifest row(s) with {what}: {name_some(r.sample_id for r in bad)}")
     if len({r.sample_id for r in rows}) != len(rows):
         raise InputError("sample_ids must be unique")
+
+
+def check_pair_count(n_rows: int, k: int) -> None:
+    """Algorithm 1 pairs each clip with another one, so n clips give n candidate pairs, and only if n >= 2."""
+    if n_rows < 2:
+        raise InputError(f"the manifest has {n_rows} usable factual clip(s): swapping sounds needs at least 2")
+    if not 1 <= k <= n_rows:
+        raise InputError(f"k={k} counterfactuals asked for, but {n_rows} clips give {n_rows} candidate pairs: "
+                         f"choose k in 1..{n_rows} (--k)")
 
 
 def name_some(names: Iterable[str], limit: int = 5) -> str:
