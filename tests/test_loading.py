@@ -20,7 +20,7 @@ from hooked_av.testing.tiny import tiny_qwen2_5_vl
 
 from .conftest import PROMPT
 
-FAMILY = {"omni": "qwen2_5_omni", "vl": "qwen2_5_vl"}
+FAMILY = {"omni": "qwen2_5_omni", "vl": "qwen2_5_vl", "qwen3_omni": "qwen3_omni_moe"}
 
 
 # ---- fixtures ---------------------------------------------------------------------------------------------
