@@ -253,11 +253,12 @@ def test_config_with_default_token_ids_is_refused(q3omni):
         HookedAVModel.from_hf_model(wrong, processor)
 
 
-def test_mrope_sections_that_do_not_fit_the_head_are_refused(q3omni):
+@pytest.mark.parametrize("sections", [[6, 5, 4], [4, 6, 6]], ids=["wrong_sum", "interleaved_overflow"])
+def test_mrope_sections_that_do_not_fit_the_head_are_refused(q3omni, sections):
     hf_model, _, _ = q3omni
     wrong = copy.copy(hf_model)
     wrong.config = copy.deepcopy(hf_model.config)
-    wrong.config.text_config.rope_parameters["mrope_section"] = [6, 5, 4]  # HF would run it, silently
+    wrong.config.text_config.rope_parameters["mrope_section"] = sections  # HF would clip them, silently
     with pytest.raises(UnsupportedCheckpointError, match="rotary"):
         HookedAVModel.from_hf_model(wrong)
 
