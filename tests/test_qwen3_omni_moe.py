@@ -270,3 +270,17 @@ def test_full_model_wraps_its_thinker_and_shares_weights(q3omni, q3_batches):
     assert wrapped.adapter.hf_model is hf_model
     assert wrapped.blocks[0].mlp.experts.gate_up_proj is hf_model.model.language_model.layers[0].mlp.experts.gate_up_proj
     assert torch.equal(wrapped(q3_batches["image"]), model(q3_batches["image"]))
+
+
+def test_decompose_resid_includes_deepstack_and_sums_to_the_residual(q3omni, q3_batches):
+    _, _, model = q3omni
+    _, cache = model.run_with_cache(q3_batches["image"])
+    parts, labels = cache.decompose_resid(return_labels=True)
+    assert labels[:5] == ["embed", "0_attn_out", "0_mlp_out", "0_deepstack", "1_attn_out"]
+    assert len(labels) == 1 + 2 * model.cfg.n_layers + 3
+    assert torch.allclose(parts.sum(0), cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"], atol=1e-4)
+    scaled = cache.decompose_resid(apply_ln=True)
+    assert torch.allclose(scaled.sum(0), cache["ln_final.hook_normalized"], atol=1e-4)
+    mid = cache.decompose_resid(layer=2, return_labels=True)[1]
+    assert mid[-1] == "1_deepstack" and "2_deepstack" not in mid
+    assert "0_deepstack" not in cache.decompose_resid(mode="mlp", return_labels=True)[1]
