@@ -34,6 +34,37 @@ def test_logits_match_hf(q3omni, q3_batches, case):
     assert max_diff_at_real_positions(ours, ref, batch["attention_mask"]) < TOL
 
 
+PER_LAYER = ["hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "attn.q_norm.hook_scale",
+             "attn.q_norm.hook_normalized", "attn.k_norm.hook_scale", "attn.k_norm.hook_normalized", "attn.hook_q",
+             "attn.hook_k", "attn.hook_v", "attn.hook_rot_q", "attn.hook_rot_k", "attn.hook_attn_mask",
+             "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid",
+             "ln2.hook_scale", "ln2.hook_normalized", "mlp.hook_router_logits", "mlp.hook_expert_indices",
+             "mlp.hook_expert_weights", "hook_mlp_out", "hook_resid_post"]
+
+
+def test_every_hook_point_fires_with_its_shape(q3omni, q3_batches):
+    _, _, model = q3omni
+    batch = q3_batches["padded_batch"]
+    _, cache = model.run_with_cache(batch)
+    cfg = model.cfg
+    b, n = batch["input_ids"].shape
+    expected = {"hook_embed", "hook_audio_embeds", "hook_video_embeds", "hook_inputs_embeds", "hook_pos_ids",
+                "ln_final.hook_scale", "ln_final.hook_normalized"}
+    expected |= {f"blocks.{l}.{s}" for l in range(cfg.n_layers) for s in PER_LAYER}
+    expected |= {f"blocks.{l}.hook_deepstack" for l in range(3)}
+    assert set(cache.keys()) == expected  # every hook point of the model, and no other
+    assert set(cache.keys()) == set(model.hook_dict) - {"hook_image_embeds"}
+    n_experts, k = 8, 2
+    shapes = {"attn.hook_q": (b, n, cfg.n_heads, cfg.d_head), "attn.hook_k": (b, n, cfg.n_key_value_heads, cfg.d_head),
+              "attn.q_norm.hook_scale": (b, n, cfg.n_heads, 1), "mlp.hook_router_logits": (b, n, n_experts),
+              "mlp.hook_expert_indices": (b, n, k), "mlp.hook_expert_weights": (b, n, k),
+              "hook_deepstack": (b, n, cfg.d_model), "hook_resid_post": (b, n, cfg.d_model)}
+    for suffix, shape in shapes.items():
+        assert tuple(cache[f"blocks.1.{suffix}"].shape) == shape, suffix
+    assert cfg.d_head == 32 != cfg.d_model // cfg.n_heads  # head_dim set explicitly, as in the real model
+    assert cache["hook_pos_ids"].shape == (3, b, n) and cache["hook_pos_ids"].is_floating_point()
+
+
 @pytest.mark.parametrize("case", ["image", "audio+video", "use_audio_in_video", "padded_batch"])
 def test_greedy_generation_matches_hf(q3omni, q3_batches, case):
     hf_model, _, model = q3omni
@@ -251,6 +282,19 @@ def test_config_with_default_token_ids_is_refused(q3omni):
     wrong.config.audio_token_id = 151646  # the config class default: Qwen2.5-Omni's id
     with pytest.raises(UnsupportedCheckpointError, match="placeholder"):
         HookedAVModel.from_hf_model(wrong, processor)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda c: delattr(c, "vision_start_token_id"), "vision_start_token_id"),
+    (lambda c: c.text_config.rope_parameters.pop("mrope_section"), "rotary sections"),
+], ids=["no_vision_start_id", "no_mrope_section"])
+def test_config_fields_hf_does_not_require_are_required(q3omni, edit, match):
+    hf_model, _, _ = q3omni
+    wrong = copy.copy(hf_model)
+    wrong.config = copy.deepcopy(hf_model.config)
+    edit(wrong.config)
+    with pytest.raises(UnsupportedCheckpointError, match=match):
+        HookedAVModel.from_hf_model(wrong)
 
 
 @pytest.mark.parametrize("sections", [[6, 5, 4], [4, 6, 6]], ids=["wrong_sum", "interleaved_overflow"])

@@ -58,7 +58,11 @@ class FamilyAdapter:
         tc = self.text_config
         n_heads = tc.num_attention_heads
         d_head = getattr(tc, "head_dim", None) or tc.hidden_size // n_heads
-        sections = dotted_get(tc, self.spec.rope.sections_from) if self.spec.rope.sections_from else None
+        try:
+            sections = dotted_get(tc, self.spec.rope.sections_from) if self.spec.rope.sections_from else None
+        except (KeyError, AttributeError) as err:  # HF may fall back to a default layout silently
+            raise UnsupportedCheckpointError(f"{self.spec.name}: the HF text config lacks the rotary sections "
+                                             f"'{self.spec.rope.sections_from}'") from err
         rope = tc.rope_parameters
         try:
             axes = rope_axis_of_channel(self.spec.rope.kind, d_head, sections)

@@ -20,6 +20,7 @@ from hooked_av.model.errors import InputError, UnsupportedCheckpointError
 from hooked_av.model.family_spec import FamilySpec
 from hooked_av.model.modality import Modality
 
+REQUIRED_CONFIG_IDS = ("vision_start_token_id", "audio_start_token_id")
 VISION_INPUTS = ((Modality.IMAGE, "pixel_values", "image_grid_thw", "get_image_features"),
                  (Modality.VIDEO, "pixel_values_videos", "video_grid_thw", "get_video_features"))
 
@@ -29,6 +30,11 @@ class Qwen3OmniMoeAdapter(Qwen25OmniAdapter):
 
     def __init__(self, spec: FamilySpec, hf_model: nn.Module, processor: Any = None):
         super().__init__(spec, hf_model, processor)
+        # get_rope_index reads these, but the HF config class does not declare them: without them the first
+        # image or video forward fails deep inside HF.
+        if missing := [a for a in REQUIRED_CONFIG_IDS if getattr(self.hf_config, a, None) is None]:
+            raise UnsupportedCheckpointError(f"the Qwen3-Omni thinker config lacks {missing}: set them from the "
+                                             "tokenizer (<|vision_start|>, <|audio_start|>)")
         if processor is not None:
             self._check_processor_agrees()
 
