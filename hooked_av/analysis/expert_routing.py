@@ -125,7 +125,8 @@ def force_expert_hooks(model, expert: int, layers: Sequence[int] | None = None) 
     """Router-logit hooks that make `expert` every token's first choice (the other k - 1 choices unchanged)."""
     def force(logits: Tensor) -> Tensor:
         top = logits.amax(-1, keepdim=True)
-        return logits.index_copy(-1, _index([expert], logits), top + 1.0)
+        margin = top.abs() / 16 + 1.0  # stays a strict maximum after rounding in bf16 (8 significant bits)
+        return logits.index_copy(-1, _index([expert], logits), top + margin)
 
     return _router_hooks(model, layers, force)
 
