@@ -95,7 +95,9 @@ def test_a_missing_expert_is_named(tmp_path, thinker_folder):
         HookedAVModel.from_pretrained(tmp_path)
 
 
-def test_bfloat16_loading_equals_hf_own_loading(thinker_folder, q3_batches):
+def test_bfloat16_loading_equals_hf_own_loading_bit_for_bit(thinker_folder, q3_batches):
+    """Loaded in bf16 as HF loads it (rotary inv_freq stays fp32), the hooked model's logits and routing are
+    HF's exactly: the order of operations is HF's, so no near-tied expert flips."""
     from transformers import Qwen3OmniMoeThinkerForConditionalGeneration
 
     model = HookedAVModel.from_pretrained(thinker_folder, dtype=torch.bfloat16)
@@ -103,6 +105,14 @@ def test_bfloat16_loading_equals_hf_own_loading(thinker_folder, q3_batches):
     ours, theirs = model.adapter.hf_model.state_dict(), hf_model.state_dict()
     assert ours.keys() == theirs.keys()
     assert all(ours[k].dtype == theirs[k].dtype and torch.equal(ours[k], theirs[k]) for k in theirs)
+    batch = q3_batches["use_audio_in_video"]
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(batch, names_filter=lambda n: n.endswith("hook_expert_indices"))
+        ref = hf_model(**batch, output_router_logits=True)
+    assert logits.dtype == torch.bfloat16 and torch.equal(logits, ref.logits)
+    for layer, router_logits in enumerate(ref.router_logits):
+        indices = torch.topk(torch.softmax(router_logits, -1, dtype=torch.float32), 2, dim=-1).indices
+        assert torch.equal(cache[f"blocks.{layer}.mlp.hook_expert_indices"][0], indices)
 
 
 def test_spec_maps_hub_names_and_expert_parts():
