@@ -328,3 +328,34 @@ def test_decompose_resid_includes_deepstack_and_sums_to_the_residual(q3omni, q3_
     mid = cache.decompose_resid(layer=2, return_labels=True)[1]
     assert mid[-1] == "1_deepstack" and "2_deepstack" not in mid
     assert "0_deepstack" not in cache.decompose_resid(mode="mlp", return_labels=True)[1]
+
+
+def test_the_real_30b_a3b_thinker_config_builds_on_the_meta_device():
+    """The released sizes (notes: 48 layers, 2048 wide, 32 / 4 heads of 128, 128 experts top-8, mrope [24, 20, 20]
+    interleaved, DeepStack after layers 0-2), built without memory: the hooked decoder maps onto them."""
+    from transformers import Qwen3OmniMoeThinkerConfig, Qwen3OmniMoeThinkerForConditionalGeneration
+
+    config = Qwen3OmniMoeThinkerConfig(
+        audio_config=dict(num_mel_bins=128, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120,
+                          d_model=1280, downsample_hidden_size=480, output_dim=2048, n_window=50,
+                          n_window_infer=800),
+        vision_config=dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, patch_size=16,
+                           spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=2048,
+                           num_position_embeddings=2304, deepstack_visual_indexes=[8, 16, 24]),
+        text_config=dict(vocab_size=152064, hidden_size=2048, num_hidden_layers=48, num_attention_heads=32,
+                         num_key_value_heads=4, head_dim=128, intermediate_size=768, moe_intermediate_size=768,
+                         num_experts=128, num_experts_per_tok=8, norm_topk_prob=True, rms_norm_eps=1e-6,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [24, 20, 20],
+                                          "interleaved": True}),
+        audio_token_id=151675, image_token_id=151655, video_token_id=151656, audio_start_token_id=151669,
+        vision_start_token_id=151652, position_id_per_seconds=13, tie_word_embeddings=False)
+    with torch.device("meta"):
+        hf_model = Qwen3OmniMoeThinkerForConditionalGeneration(config)
+    model = HookedAVModel.from_hf_model(hf_model)
+    cfg = model.cfg
+    assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_key_value_heads, cfg.d_head) == (48, 2048, 32, 4, 128)
+    assert cfg.rope_axis_of_channel == (0, 1, 2) * 20 + (0,) * 4  # T H W repeated 20 times, then T T T T
+    assert all(b.mlp.n_experts == 128 and b.mlp.top_k == 8 and b.mlp.norm_topk_prob for b in model.blocks)
+    assert [l for l, b in enumerate(model.blocks) if b.injection_hook_name] == [0, 1, 2]
+    n_params = sum(p.numel() for p in hf_model.parameters())
+    assert 31.6e9 < n_params < 31.8e9 and n_params * 2 / 2 ** 30 == pytest.approx(59.1, abs=0.1)  # bf16 GiB
