@@ -2,8 +2,8 @@
 
 One run builds, per family (`--family`), a random-weight thinker with a larger decoder: Qwen2.5-Omni (dense
 MLP) and Qwen3-Omni-MoE (q/k norm, sparse MoE MLP run by HF's own experts module, d_head set explicitly); the
-encoders stay tiny (they are not called on text-only input). It wraps each with `HookedAVModel.from_hf_model` (weights shared, not copied) and times,
-for each sequence length, a text-only forward pass of:
+encoders stay tiny (they are not called on text-only input). It wraps each with `HookedAVModel.from_hf_model`
+(weights shared, not copied) and times, for each sequence length, a text-only forward pass of:
 
     hf            hf_model(input_ids=..., attention_mask=...)             (sdpa on every layer)
     no hooks      model(input_ids=..., attention_mask=...)                (sdpa on every layer)

@@ -312,7 +312,9 @@ def test_full_model_wraps_its_thinker_and_shares_weights(q3omni, q3_batches):
     hf_model, processor, model = q3omni
     wrapped = HookedAVModel.from_hf_model(full_qwen3_omni(hf_model), processor)
     assert wrapped.adapter.hf_model is hf_model
-    assert wrapped.blocks[0].mlp.experts.gate_up_proj is hf_model.model.language_model.layers[0].mlp.experts.gate_up_proj
+    hf_experts = hf_model.model.language_model.layers[0].mlp.experts
+    assert wrapped.blocks[0].mlp.experts is hf_experts and wrapped.blocks[0].mlp.router_weight is \
+        hf_model.model.language_model.layers[0].mlp.gate.weight
     assert torch.equal(wrapped(q3_batches["image"]), model(q3_batches["image"]))
 
 

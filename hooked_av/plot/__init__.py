@@ -6,4 +6,5 @@ from hooked_av.plot.knockout import plot_knockout_curves
 from hooked_av.plot.logit_lens import plot_logit_lens
 from hooked_av.plot.token_shift import plot_token_shift
 
-__all__ = ["plot_attention_by_modality", "plot_expert_routing", "plot_knockout_curves", "plot_logit_lens", "plot_token_shift"]
+__all__ = ["plot_attention_by_modality", "plot_expert_routing", "plot_knockout_curves", "plot_logit_lens",
+           "plot_token_shift"]
