@@ -86,36 +86,37 @@ class Qwen3OmniMoeAdapter(Qwen25OmniAdapter):
     def _check_interleaving_clock(self, batch: Batch, positions: Tensor) -> None:
         """The processor interleaves audio into video by its own clock (`position_id_per_seconds`, fps), the
         model assigns positions by the config's; if they differ, video slots get audio positions and vice versa.
-        Re-derive the model's order of each interleaved block (as HF's get_rope_index does, in float32) and
-        compare it with the ids."""
+        Re-derive the model's order of each interleaved block (as HF's get_rope_index does) and compare it with
+        the ids. Videos are counted over the batch in order, as HF counts them."""
         cfg = self.hf_config
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        grid, seconds = batch["video_grid_thw"], batch["video_second_per_grid"]
-        merge = cfg.vision_config.spatial_merge_size
         video_idx = 0
         for row in range(ids.shape[0]):
             valid = mask[row].bool()
             tokens, pos = ids[row][valid], positions[0, row][valid]
             for i in (tokens[:-1] == cfg.vision_start_token_id).nonzero()[:, 0].tolist():
-                nxt = int(tokens[i + 1])
-                if nxt not in (cfg.video_token_id, cfg.audio_start_token_id):
-                    continue
-                if nxt == cfg.audio_start_token_id:
-                    start = int(pos[i + 1]) + 1
-                    t, h, w = grid[video_idx].tolist()
-                    time = (torch.arange(t) * seconds[video_idx].cpu().float() * cfg.position_id_per_seconds).float()
-                    video_times = time.repeat_interleave(h * w // merge ** 2) + start
-                    n_audio = _count_audio(tokens, i + 2, cfg)
-                    block = tokens[i + 2:i + 2 + len(video_times) + n_audio]
-                    expected = _merge_order(video_times.tolist(), n_audio, start, cfg)
-                    if not torch.equal(block.cpu(), expected):
-                        raise InputError(
-                            "the audio interleaved into the video does not follow the model's clock "
-                            f"(position_id_per_seconds={cfg.position_id_per_seconds} in the HF config, "
-                            f"{float(seconds[video_idx]):g} s per frame pair): the processor used another "
-                            "position_id_per_seconds or fps. Build the batch with model.prepare_inputs, or pass "
-                            "the processor the video's real fps and the config's position_id_per_seconds")
-                video_idx += 1
+                after = int(tokens[i + 1])
+                if after == cfg.audio_start_token_id:  # <|vision_start|><|audio_start|>: the block follows
+                    self._check_block(tokens, i + 2, int(pos[i + 1]) + 1, batch["video_grid_thw"][video_idx],
+                                      batch["video_second_per_grid"][video_idx])
+                if after in (cfg.video_token_id, cfg.audio_start_token_id):
+                    video_idx += 1
+
+    def _check_block(self, tokens: Tensor, begin: int, start: int, thw: Tensor, seconds: Tensor) -> None:
+        cfg = self.hf_config
+        t, h, w = thw.tolist()
+        # float32 as in HF, e.g. 8.67 positions per frame pair at 3 fps
+        t_index = (torch.arange(t) * seconds.cpu().float() * cfg.position_id_per_seconds).float()
+        video_times = t_index.repeat_interleave(h * w // cfg.vision_config.spatial_merge_size ** 2) + start
+        n_audio = _count_audio(tokens, begin, cfg)
+        block = tokens[begin:begin + len(video_times) + n_audio]
+        if not torch.equal(block.cpu(), _merge_order(video_times.tolist(), n_audio, start, cfg)):
+            raise InputError(
+                "the audio interleaved into the video does not follow the model's clock "
+                f"(position_id_per_seconds={cfg.position_id_per_seconds} in the HF config, {float(seconds):g} s "
+                "per frame pair): the processor used another position_id_per_seconds or fps. Build the batch "
+                "with model.prepare_inputs, or pass the processor the video's real fps and the config's "
+                "position_id_per_seconds")
 
     def prepare_inputs(self, prompt: str | list[str], video: Any = None, audio: Any = None, image: Any = None, *,
                        use_audio_in_video: bool = False, fps: float = 2.0, system_prompt: str | None = None,
