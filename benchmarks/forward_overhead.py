@@ -1,8 +1,9 @@
 """Forward-pass overhead of HookedAVModel against the HF reference (sdpa), on the same random-weight model.
 
-One run builds a random-weight Qwen2.5-Omni thinker with a larger decoder (the encoders stay tiny; they are not
-called on text-only input), wraps it with `HookedAVModel.from_hf_model` (weights shared, not copied) and times,
-for each sequence length, a text-only forward pass of:
+One run builds, per family (`--family`), a random-weight thinker with a larger decoder: Qwen2.5-Omni (dense
+MLP) and Qwen3-Omni-MoE (q/k norm, sparse MoE MLP run by HF's own experts module, d_head set explicitly); the
+encoders stay tiny (they are not called on text-only input). It wraps each with `HookedAVModel.from_hf_model`
+(weights shared, not copied) and times, for each sequence length, a text-only forward pass of:
 
     hf            hf_model(input_ids=..., attention_mask=...)             (sdpa on every layer)
     no hooks      model(input_ids=..., attention_mask=...)                (sdpa on every layer)
@@ -20,11 +21,13 @@ On Linux CPUs the script re-runs itself with MALLOC_ENV set (see below; --system
     python benchmarks/forward_overhead.py                       # defaults: 2k and 4k tokens, fp32, CPU (~2-4 min)
     python benchmarks/forward_overhead.py --threads 1           # a CPU shared with other jobs: steadier timings
     python benchmarks/forward_overhead.py --device cuda --dtype bfloat16 --layers 8 --seq-lens 2048 4096 8192
+    python benchmarks/forward_overhead.py --family qwen3_omni_moe --experts 16 --top-k 4   # one family only
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import platform
 import statistics
@@ -35,7 +38,9 @@ import torch
 from common import malloc_description, reexec_with_steady_malloc, timed
 from hooked_av import HookedAVModel
 from hooked_av.testing.tiny import TinySizes, tiny_omni_thinker
+from hooked_av.testing.tiny_qwen3_omni import tiny_qwen3_omni_thinker
 
+FAMILIES = ("qwen2_5_omni", "qwen3_omni_moe")
 CONFIGS = ("hf", "no hooks", "cache resid", "1 pattern", "all eager")
 
 
@@ -47,6 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--intermediate", type=int, default=None, help="d_mlp (default: 3 x hidden)")
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--family", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    p.add_argument("--experts", type=int, default=16, help="qwen3_omni_moe: routed experts per layer")
+    p.add_argument("--top-k", type=int, default=4, help="qwen3_omni_moe: experts per token")
+    p.add_argument("--moe-intermediate", type=int, default=None,
+                   help="qwen3_omni_moe: d_mlp of one expert (default: d_mlp / top_k, so the active MLP width "
+                        "equals the dense family's)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--repeats", type=int, default=7, help="timed rounds (each runs every configuration once)")
@@ -157,6 +168,32 @@ def print_table(results: dict[int, dict[str, list[float]]], n_layers: int) -> No
                   f"{paired_ratio(times, key):>7.3f} | {low[key] / low['hf']:>13.3f} | {target:<28} |")
 
 
+def build(family: str, args: argparse.Namespace, dtype: torch.dtype):
+    """(hf_model, hooked model sharing its weights, a one-line description of the decoder)."""
+    sizes = TinySizes.scaled(args.hidden, args.layers, args.heads, args.kv_heads, args.intermediate)
+    if family == "qwen2_5_omni":
+        hf_model, processor = tiny_omni_thinker(sizes=sizes, seed=args.seed, dtype=dtype, attn_implementation="sdpa")
+        mlp = f"dense d_mlp {sizes.intermediate}"
+    else:
+        moe_intermediate = args.moe_intermediate or sizes.intermediate // args.top_k
+        half = args.hidden // args.heads // 2
+        spatial = half * 20 // 64  # Qwen3-Omni's [24, 20, 20] of 64, interleaved
+        sizes = dataclasses.replace(sizes, mrope_section=(half - 2 * spatial, spatial, spatial))
+        hf_model, processor = tiny_qwen3_omni_thinker(
+            seed=args.seed, dtype=dtype, attn_implementation="sdpa", layers=args.layers, hidden=args.hidden,
+            heads=args.heads, kv_heads=args.kv_heads, head_dim=args.hidden // args.heads, experts=args.experts,
+            top_k=args.top_k, moe_intermediate=moe_intermediate, mrope_section=sizes.mrope_section)
+        mlp = (f"{args.experts} experts top-{args.top_k} of d_mlp {moe_intermediate} "
+               f"({hf_model.config.text_config._experts_implementation} experts), q/k norm")
+    hf_model = hf_model.to(args.device)
+    model = HookedAVModel.from_hf_model(hf_model, processor)
+    assert model.W_E.data_ptr() == hf_model.get_input_embeddings().weight.data_ptr(), "weights must be shared"
+    description = (f"{family}: {sizes.layers} layers, d_model {sizes.hidden}, {mlp}, {sizes.heads} heads / "
+                   f"{sizes.kv_heads} kv heads, d_head {model.cfg.d_head}, rope axes "
+                   f"{model.adapter.spec.rope.kind} {list(sizes.mrope_section)}, vocab {model.cfg.d_vocab}")
+    return hf_model, model, description
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if argv is None:
@@ -164,31 +201,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
-    head_dim = args.hidden // args.heads
-    sizes = TinySizes.scaled(args.hidden, args.layers, args.heads, args.kv_heads, args.intermediate)
-    hf_model, processor = tiny_omni_thinker(sizes=sizes, seed=args.seed, dtype=dtype, attn_implementation="sdpa")
-    hf_model = hf_model.to(args.device)
-    model = HookedAVModel.from_hf_model(hf_model, processor)
-    assert model.W_E.data_ptr() == hf_model.get_input_embeddings().weight.data_ptr(), "weights must be shared"
-
     where = (torch.cuda.get_device_name() if args.device == "cuda"
              else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads")
     malloc = malloc_description()
     print(f"device: {where}; torch {torch.__version__}; dtype {args.dtype}; batch {args.batch}; malloc: {malloc}")
-    print(f"decoder: {sizes.layers} layers, d_model {sizes.hidden}, d_mlp {sizes.intermediate}, {sizes.heads} heads "
-          f"/ {sizes.kv_heads} kv heads, d_head {head_dim}, mrope_section {list(sizes.mrope_section)}, "
-          f"vocab {model.cfg.d_vocab}")
     print(f"timing: median of {args.repeats} interleaved rounds after {args.warmup} warm-up round(s), "
-          "torch.no_grad\n")
+          "torch.no_grad")
 
-    results: dict[int, dict[str, list[float]]] = {}
-    for seq_len in args.seq_lens:
-        results[seq_len] = bench_length(hf_model, model, seq_len, args)
-        medians = summary(results[seq_len], statistics.median)
-        print(f"  {seq_len} tokens done (medians): " + ", ".join(f"{k} {v:.3f}s" for k, v in medians.items()),
-              flush=True)
-    print()
-    print_table(results, sizes.layers)
+    for family in args.family:
+        hf_model, model, description = build(family, args, dtype)
+        print(f"\ndecoder: {description}", flush=True)
+        results: dict[int, dict[str, list[float]]] = {}
+        for seq_len in args.seq_lens:
+            results[seq_len] = bench_length(hf_model, model, seq_len, args)
+            medians = summary(results[seq_len], statistics.median)
+            print(f"  {seq_len} tokens done (medians): " + ", ".join(f"{k} {v:.3f}s" for k, v in medians.items()),
+                  flush=True)
+        print()
+        print_table(results, args.layers)
+        del hf_model, model
+        gc.collect()
     print("\nours/HF: median over rounds of (ours / HF in the same round); ours/HF (min): ratio of the minima.\n"
           "'HF + 1 eager layer' = HF + (all eager - no hooks) / n_layers: what one layer's eager attention adds.")
     return 0

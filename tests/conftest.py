@@ -61,3 +61,30 @@ def _no_grad_and_clean_hooks(omni):
     with torch.no_grad():
         yield
     omni[2].reset_hooks(including_permanent=True)
+
+
+# ---- Qwen3-Omni-MoE ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def q3omni():
+    """(hf_model, processor, hooked model) of the tiny Qwen3-Omni-MoE thinker, sharing weights; HF runs sdpa."""
+    from hooked_av.testing.tiny_qwen3_omni import tiny_qwen3_omni_thinker
+
+    hf_model, processor = tiny_qwen3_omni_thinker()
+    return hf_model, processor, HookedAVModel.from_hf_model(hf_model, processor)
+
+
+@pytest.fixture(scope="session")
+def q3_media():
+    """Short clips keep the tiny Qwen3 tests fast: 2 s of 2 fps video (one 1 s grid = 13 positions apart)."""
+    return {"video": synthetic_video(seconds=2.0), "audio": synthetic_audio(seconds=2.0), "image": synthetic_image(),
+            "video2": synthetic_video(seconds=1.0, seed=1), "audio2": synthetic_audio(seconds=1.0, freq=880.0, seed=1)}
+
+
+@pytest.fixture(scope="session")
+def q3_batches(q3omni, q3_media):
+    model = q3omni[2]
+    batches = {name: case_batch(model, q3_media, case) for name, case in OMNI_CASES.items()}
+    batches["padded_batch"] = model.prepare_inputs([PROMPT, "What do you hear?"],
+                                                   video=[q3_media["video"], q3_media["video2"]],
+                                                   audio=[q3_media["audio"], q3_media["audio2"]])
+    return batches

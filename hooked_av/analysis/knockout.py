@@ -22,7 +22,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from hooked_av.data.jsonl import append_rows, read_done
 from hooked_av.data.manifest import PAPER_PROMPTS, ManifestRow, check_unique_ids, load_sample, sample_inputs
 from hooked_av.model.errors import EmptySelectionError, HookedAVError, InputError, check_layer
-from hooked_av.model.hooked_av_model import DecodeState, Prompt, Sampling
+from hooked_av.model.hooked_av_model import DecodeState, Prompt, Sampling, next_position
 from hooked_av.model.kv_cache import SharedPrefixKVCache
 from hooked_av.model.modality import Modality, ModalityMap
 
@@ -187,7 +187,8 @@ def generate_knockouts(model, batch: Any, knockouts: Sequence[Knockout | None], 
     split = max(first_target(knockouts, prompt.modality_map.codes, max_len), 1)
     n = len(knockouts)
     prefix = Prompt(prompt.input_ids[:, :split], prompt.inputs_embeds[:, :split], prompt.positions[:, :, :split],
-                    prompt.attention_mask[:, :split], prompt.modality_map)
+                    prompt.attention_mask[:, :split], prompt.modality_map,
+                    {layer: x[:, :split] for layer, x in prompt.injections.items()})
     state = model.prefill(prefix, max_new_tokens=0)
     cache = SharedPrefixKVCache(state.cache, n_rows=n, max_new=prompt_len - split + max_new_tokens)
     hooks = knockout_hooks(model, list(knockouts), ModalityMap(prompt.modality_map.codes.expand(n, -1)), max_len)
@@ -196,9 +197,10 @@ def generate_knockouts(model, batch: Any, knockouts: Sequence[Knockout | None], 
         if split < prompt_len:
             rest = prompt.inputs_embeds[:, split:].expand(n, -1, -1)
             resid = model.run_blocks(rest, prompt.positions[:, :, split:].expand(-1, n, -1),
-                                     prompt.attention_mask.expand(n, -1), cache)
+                                     prompt.attention_mask.expand(n, -1), cache,
+                                     {layer: x[:, split:].expand(n, -1, -1) for layer, x in prompt.injections.items()})
             logits = model.unembed(resid[:, -1])
-        start = DecodeState(cache, prompt.attention_mask.expand(n, -1), prompt.positions[:, :, -1:].expand(-1, n, -1) + 1,
+        start = DecodeState(cache, prompt.attention_mask.expand(n, -1), next_position(prompt).expand(-1, n, -1),
                             logits)
         return model.decode(start, max_new_tokens, Sampling(), model.stop_tensor(stop_token_ids))
 

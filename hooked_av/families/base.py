@@ -7,6 +7,7 @@ computed, and how the processor is driven by `prepare_inputs`.
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -17,8 +18,20 @@ from hooked_av.model.config import HookedAVConfig, rope_axis_of_channel
 from hooked_av.model.errors import InputError, MissingProcessorError, ModelConfigError, UnsupportedCheckpointError
 from hooked_av.model.family_spec import FamilySpec
 from hooked_av.model.modality import Modality, TokenRoles, roles_from_tokenizer
+from hooked_av.model.moe import SparseMoeMLP
 
 Batch = dict[str, Any]
+
+
+@dataclass
+class EncoderOutput:
+    """What the encoders give the decoder: features per modality ([n_tokens, d_model], items concatenated in
+    order), scattered into the placeholder slots; and, for families that add encoder features to the residual
+    stream after some blocks (Qwen3's DeepStack), `after_block[l][modality]` [n_tokens, d_model], added after
+    block l at the same slots."""
+
+    features: dict[Modality, Tensor]
+    after_block: dict[int, dict[Modality, Tensor]] = field(default_factory=dict)
 
 
 def dotted_get(obj: Any, path: str) -> Any:
@@ -29,6 +42,9 @@ def dotted_get(obj: Any, path: str) -> Any:
 
 class FamilyAdapter:
     """Binds one family's HF model (thinker / VLM in memory) to the generic hooked core."""
+
+    # Name of the residual injection after blocks (`blocks.{l}.hook_{injection}`), for `injection_layers()`.
+    injection: str | None = None
 
     def __init__(self, spec: FamilySpec, hf_model: nn.Module, processor: Any = None):
         self.spec = spec
@@ -42,7 +58,11 @@ class FamilyAdapter:
         tc = self.text_config
         n_heads = tc.num_attention_heads
         d_head = getattr(tc, "head_dim", None) or tc.hidden_size // n_heads
-        sections = dotted_get(tc, self.spec.rope.sections_from) if self.spec.rope.sections_from else None
+        try:
+            sections = dotted_get(tc, self.spec.rope.sections_from) if self.spec.rope.sections_from else None
+        except (KeyError, AttributeError) as err:  # HF may fall back to a default layout silently
+            raise UnsupportedCheckpointError(f"{self.spec.name}: the HF text config lacks the rotary sections "
+                                             f"'{self.spec.rope.sections_from}'") from err
         rope = tc.rope_parameters
         try:
             axes = rope_axis_of_channel(self.spec.rope.kind, d_head, sections)
@@ -62,6 +82,7 @@ class FamilyAdapter:
     def build_blocks(self, cfg: HookedAVConfig) -> list[TransformerBlock]:
         names = self.spec.layer_modules
         blocks = []
+        injected = set(self.injection_layers())
         for layer, hf_layer in enumerate(self.module(self.spec.decoder_modules["layers"])):
             part = hf_layer.get_submodule
             qk_norm = [RMSNorm(part(names[n]).weight, cfg.eps) if n in names else None for n in ("q_norm", "k_norm")]
@@ -69,14 +90,26 @@ class FamilyAdapter:
                              *qk_norm)
             mlp = self.build_mlp(cfg, hf_layer)
             blocks.append(TransformerBlock(RMSNorm(part(names["ln1"]).weight, cfg.eps), attn,
-                                           RMSNorm(part(names["ln2"]).weight, cfg.eps), mlp))
+                                           RMSNorm(part(names["ln2"]).weight, cfg.eps), mlp,
+                                           self.injection if layer in injected else None))
         return blocks
 
     def build_mlp(self, cfg: HookedAVConfig, hf_layer: nn.Module) -> nn.Module:
-        """The dense gated MLP; a family with another MLP (e.g. mixture of experts) overrides this."""
+        """A `SparseMoeMLP` over the HF router and experts where the layer has them, else the dense gated MLP.
+
+        The HF router module gives `top_k` and `norm_topk_prob` (as Qwen2/3-MoE's TopKRouter holds them).
+        """
         names = self.spec.layer_modules
+        if "experts" in names and _has_submodule(hf_layer, names["experts"]):
+            router = hf_layer.get_submodule(names["router"])
+            return SparseMoeMLP(router.weight, hf_layer.get_submodule(names["experts"]), router.top_k,
+                                getattr(router, "norm_topk_prob", True))
         return GatedMLP(hf_layer.get_submodule(names["gate"]), hf_layer.get_submodule(names["up"]),
                         hf_layer.get_submodule(names["down"]), cfg.act_fn)
+
+    def injection_layers(self) -> tuple[int, ...]:
+        """Blocks after which `encode_all` may add features to the residual stream; none by default."""
+        return ()
 
     def encoder_modules(self) -> dict[str, nn.Module]:
         return {name: self.module(path) for name, path in self.spec.encoders.items()}
@@ -127,6 +160,10 @@ class FamilyAdapter:
         """Encoder outputs projected to d_model, per modality, items concatenated in order: [n_tokens, d]."""
         raise NotImplementedError
 
+    def encode_all(self, batch: Batch) -> EncoderOutput:
+        """What the decoder takes from the encoders; families with residual injections override this."""
+        return EncoderOutput(self.encode(batch))
+
     def position_ids(self, batch: Batch) -> Tensor:
         """Rotary positions of the prompt, [axes, batch, pos]."""
         raise NotImplementedError
@@ -145,6 +182,14 @@ def vision_features(model: nn.Module, batch: Batch) -> dict[Modality, Tensor]:
             thw = require(batch, grid, f"gives each {modality.name.lower()}'s patch grid")
             out[modality] = torch.cat(encode(batch[pixels], thw, return_dict=True).pooler_output)
     return out
+
+
+def _has_submodule(module: nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
 
 
 def text_positions(attention_mask: Tensor) -> Tensor:

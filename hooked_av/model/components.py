@@ -301,19 +301,29 @@ class GatedMLP(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    def __init__(self, ln1: RMSNorm, attn: Attention, ln2: RMSNorm, mlp: nn.Module):
+    """Pre-norm block. A family that adds features to the residual stream after the block (Qwen3's DeepStack)
+    names the injection: the block then has `hook_{injection}` [batch, pos, d_model], added after the MLP and
+    included in `hook_resid_post`, so resid_post(l) == resid_pre(l + 1) holds."""
+
+    def __init__(self, ln1: RMSNorm, attn: Attention, ln2: RMSNorm, mlp: nn.Module, injection: str | None = None):
         super().__init__()
         self.ln1, self.attn, self.ln2, self.mlp = ln1, attn, ln2, mlp
         self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
         self.hook_attn_out = HookPoint()
         self.hook_resid_mid = HookPoint()
         self.hook_mlp_out = HookPoint()
+        self.injection_hook_name = None if injection is None else f"hook_{injection}"
+        if self.injection_hook_name is not None:
+            self.add_module(self.injection_hook_name, HookPoint())  # e.g. hook_deepstack
         self.hook_resid_post = HookPoint()
 
     def forward(self, resid: Tensor, cos: Tensor, sin: Tensor, mask: AttentionMask,
-                kv_cache: KVCache | None = None) -> Tensor:
+                kv_cache: KVCache | None = None, injection: Tensor | None = None) -> Tensor:
         resid = fire(self.hook_resid_pre, resid)
         attn_out = fire(self.hook_attn_out, self.attn(self.ln1(resid), cos, sin, mask, kv_cache))
         resid = fire(self.hook_resid_mid, resid + attn_out)
         mlp_out = fire(self.hook_mlp_out, self.mlp(self.ln2(resid)))
-        return fire(self.hook_resid_post, resid + mlp_out)
+        resid = resid + mlp_out
+        if injection is not None:
+            resid = resid + fire(getattr(self, self.injection_hook_name), injection)
+        return fire(self.hook_resid_post, resid)

@@ -59,6 +59,9 @@ def rope_axis_of_channel(kind: str, d_head: int, sections: list[int] | None) -> 
     if kind == "mrope":
         return tuple(i % 3 for i, size in enumerate(sections) for _ in range(size))
     if kind == "mrope_interleaved":
+        if any(3 * (sections[axis] - 1) + axis >= half for axis in (1, 2) if sections[axis]):
+            raise ValueError(f"interleaved mrope sections {sections} do not fit d_head/2 = {half} channels "
+                             "(height and width take every third channel)")
         axes = [0] * half
         for axis in (1, 2):
             for ch in range(axis, 3 * sections[axis], 3):

@@ -25,7 +25,10 @@ from hooked_av.model.components import ACTIVATIONS
 from hooked_av.model.errors import ModelConfigError, UnsupportedCheckpointError
 
 MODALITY_NAMES = ("audio", "image", "video")
-LAYER_MODULE_KEYS = ("ln1", "ln2", "q", "k", "v", "o", "gate", "up", "down")
+LAYER_MODULE_KEYS = ("ln1", "ln2", "q", "k", "v", "o")
+# The MLP of a layer: a dense gated MLP, or a router with its experts (a family may have both kinds of layers).
+MLP_MODULE_GROUPS = {"dense": ("gate", "up", "down"), "moe": ("router", "experts")}
+OPTIONAL_LAYER_KEYS = ("q_norm", "k_norm") + tuple(k for group in MLP_MODULE_GROUPS.values() for k in group)
 DECODER_MODULE_KEYS = ("embed", "layers", "norm", "unembed")
 ROPE_KINDS = ("default", "mrope", "mrope_interleaved")
 
@@ -34,6 +37,19 @@ ROPE_KINDS = ("default", "mrope", "mrope_interleaved")
 class RopeSpec:
     kind: str  # "default" (1-D), "mrope" (contiguous t/h/w sections), "mrope_interleaved"
     sections_from: str | None = None  # dotted path in the HF text config, for mrope kinds
+
+
+@dataclass(frozen=True)
+class ExpertStack:
+    """Per-expert checkpoint tensors stacked into one [n_experts, ...] HF parameter.
+
+    Each pattern of `parts` matches a checkpoint name (after renames) with group 1 the module prefix and group 2
+    the expert index; the parts of one expert are concatenated along their first axis, in the order given (e.g.
+    gate then up into `gate_up_proj`); `into` is the parameter name, `\\1` standing for the prefix.
+    """
+
+    parts: tuple[str, ...]
+    into: str
 
 
 @dataclass(frozen=True)
@@ -51,6 +67,7 @@ class FamilySpec:
     strip_prefix: str
     skip_prefixes: tuple[str, ...]
     renames: tuple[tuple[str, str], ...]
+    stack_experts: tuple[ExpertStack, ...]
     text_config: str
     decoder_modules: dict[str, str]
     layer_modules: dict[str, str]
@@ -70,6 +87,14 @@ class FamilySpec:
         for pattern, replacement in self.renames:
             key = re.sub(pattern, replacement, key)
         return key
+
+    def expert_part(self, name: str) -> tuple[str, int, int, int] | None:
+        """(HF parameter, expert index, part index, number of parts) of a per-expert tensor, else None."""
+        for stack in self.stack_experts:
+            for part, pattern in enumerate(stack.parts):
+                if m := re.fullmatch(pattern, name):
+                    return m.expand(stack.into), int(m.group(2)), part, len(stack.parts)
+        return None
 
     def matches(self, config: dict[str, Any]) -> bool:
         archs = set(config.get("architectures") or ())
@@ -119,6 +144,23 @@ class _Reader:
             out.append((item[0], item[1]))
         return tuple(out)
 
+    def expert_stacks(self, key: str) -> tuple[ExpertStack, ...]:
+        out = []
+        for item in self.get(key, list, []):
+            if not (isinstance(item, dict) and set(item) == {"parts", "into"} and isinstance(item["into"], str)
+                    and isinstance(item["parts"], list) and item["parts"]
+                    and all(isinstance(p, str) for p in item["parts"])):
+                self._fail(key, f"must be a list of {{parts: [pattern, ...], into: name}}, got {item!r}")
+            for pattern in item["parts"]:
+                try:
+                    groups = re.compile(pattern).groups
+                except re.error as err:
+                    self._fail(key, f"holds an invalid pattern {pattern!r} ({err})")
+                if groups < 2:
+                    self._fail(key, f"pattern {pattern!r} needs two groups: the module prefix and the expert index")
+            out.append(ExpertStack(tuple(item["parts"]), item["into"]))
+        return tuple(out)
+
     def str_map(self, key: str, required: tuple[str, ...] = (), allowed: tuple[str, ...] | None = None,
                 default: Any = ...) -> dict[str, str]:
         value = self.get(key, dict, default)
@@ -135,7 +177,7 @@ TOP_LEVEL_KEYS = {"name", "description", "adapter", "match", "hf", "weights", "d
                   "stop_tokens"}
 SECTION_KEYS = {"match": {"model_types", "architectures"},
                 "hf": {"model_class", "config_class", "processor_class", "wrappers", "full_config_key", "encoders"},
-                "weights": {"strip_prefix", "skip_prefixes", "renames"},
+                "weights": {"strip_prefix", "skip_prefixes", "renames", "stack_experts"},
                 "decoder": {"text_config", "modules", "layer", "rope", "act_fn"},
                 "decoder.rope": {"kind", "sections_from"}, "chat": {"turn_start", "turn_end"}}
 
@@ -165,15 +207,19 @@ def parse_family_spec(data: Any, source: str = "<memory>") -> FamilySpec:
         full_config_key=r.get("hf.full_config_key", str, None),
         encoders=r.str_map("hf.encoders", allowed=MODALITY_NAMES + ("vision",), default={}),
         strip_prefix=r.get("weights.strip_prefix", str, ""), skip_prefixes=r.str_list("weights.skip_prefixes", []),
-        renames=r.renames("weights.renames"),
+        renames=r.renames("weights.renames"), stack_experts=r.expert_stacks("weights.stack_experts"),
         text_config=r.get("decoder.text_config", str),
         decoder_modules=r.str_map("decoder.modules", required=DECODER_MODULE_KEYS, allowed=DECODER_MODULE_KEYS),
         layer_modules=r.str_map("decoder.layer", required=LAYER_MODULE_KEYS,
-                                allowed=LAYER_MODULE_KEYS + ("q_norm", "k_norm")),
+                                allowed=LAYER_MODULE_KEYS + OPTIONAL_LAYER_KEYS),
         rope=RopeSpec(rope_kind, sections), act_fn=r.get("decoder.act_fn", str),
         placeholders=r.str_map("placeholders", allowed=MODALITY_NAMES),
         turn_start=r.get("chat.turn_start", str, None), turn_end=r.get("chat.turn_end", str, None),
         stop_tokens=r.str_list("stop_tokens", []), source=source)
+    groups = {kind: [k in spec.layer_modules for k in keys] for kind, keys in MLP_MODULE_GROUPS.items()}
+    if not any(all(present) for present in groups.values()) or any(any(p) and not all(p) for p in groups.values()):
+        raise ModelConfigError(f"{source}: 'decoder.layer' must name a whole MLP: "
+                               + " or ".join(str(list(keys)) for keys in MLP_MODULE_GROUPS.values()))
     if spec.act_fn not in ACTIVATIONS:
         raise ModelConfigError(f"{source}: 'decoder.act_fn' is {spec.act_fn!r}; allowed: {sorted(ACTIVATIONS)}")
     if not spec.model_types:

@@ -42,6 +42,8 @@ class Prompt:
     positions: Int[Tensor, "axes batch pos"]
     attention_mask: Int[Tensor, "batch pos"]
     modality_map: ModalityMap
+    # Features added to the residual stream after block l (Qwen3's DeepStack), zero outside their slots.
+    injections: dict[int, Float[Tensor, "batch pos d_model"]] = field(default_factory=dict)
 
 
 @dataclass
@@ -351,7 +353,9 @@ class HookedAVModel(HookedRootModule):
         merged = self._gather_inputs(batch, inputs)
         ids = merged["input_ids"]
         embeds = fire(self.hook_embed, self.embed(ids))
-        features = self.adapter.encode(merged)
+        encoded = self.adapter.encode_all(merged)
+        features = encoded.features
+        injections: dict[int, Tensor] = {}
         placeholder_masks = self.adapter.placeholder_masks(ids)
         for modality, slots in placeholder_masks.items():
             feats = features.get(modality)
@@ -369,18 +373,25 @@ class HookedAVModel(HookedRootModule):
                     f"returned {feats.shape[0]} features: input_ids and media do not belong together "
                     "(run the processor on the same media, with the same settings)")
             embeds = embeds.masked_scatter(slots[..., None], feats)
+            for layer, per_modality in encoded.after_block.items():
+                if modality in per_modality:
+                    injections[layer] = injections.get(layer, torch.zeros_like(embeds)).masked_scatter(
+                        slots[..., None], per_modality[modality].to(embeds.dtype))
         attention_mask = merged.get("attention_mask")
         if attention_mask is None:
             attention_mask = torch.ones_like(ids)
         merged["attention_mask"] = attention_mask
         positions = fire(self.hook_pos_ids, self.adapter.position_ids(merged))
         return Prompt(ids, fire(self.hook_inputs_embeds, embeds), positions, attention_mask,
-                      build_modality_map(ids, attention_mask, self.token_roles, placeholder_masks))
+                      build_modality_map(ids, attention_mask, self.token_roles, placeholder_masks), injections)
 
     # ---- the decoder -----------------------------------------------------------------------------------
     def run_blocks(self, inputs_embeds: Tensor, positions: Tensor, attention_mask: Tensor,
-                   kv_cache: KVCache | None = None) -> Float[Tensor, "batch pos d_model"]:
-        """The hooked blocks and final norm; with a KV cache, `inputs_embeds` are the positions after it."""
+                   kv_cache: KVCache | None = None,
+                   injections: dict[int, Tensor] | None = None) -> Float[Tensor, "batch pos d_model"]:
+        """The hooked blocks and final norm; with a KV cache, `inputs_embeds` are the positions after it.
+
+        `injections[l]` [batch, pos, d_model] is added after block l (see `TransformerBlock`)."""
         batch, q_len, _ = inputs_embeds.shape
         k_len = q_len + (kv_cache.length if kv_cache is not None else 0)
         if attention_mask.shape[-1] != k_len:
@@ -389,8 +400,9 @@ class HookedAVModel(HookedRootModule):
         mask = AttentionMask(key_padding, batch, q_len, k_len, inputs_embeds.dtype, inputs_embeds.device)
         cos, sin = self.rotary(positions, inputs_embeds.dtype)
         resid = inputs_embeds
-        for block in self.blocks:
-            resid = block(resid, cos, sin, mask, kv_cache)
+        injections = injections or {}
+        for layer, block in enumerate(self.blocks):
+            resid = block(resid, cos, sin, mask, kv_cache, injections.get(layer))
         if kv_cache is not None:
             kv_cache.commit(q_len)
         return self.ln_final(resid)
@@ -407,7 +419,8 @@ class HookedAVModel(HookedRootModule):
         if return_type not in ("logits", "loss", "both", None):
             raise InputError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
         prompt = self.embed_prompt(batch, **inputs)
-        logits = self.unembed(self.run_blocks(prompt.inputs_embeds, prompt.positions, prompt.attention_mask))
+        logits = self.unembed(self.run_blocks(prompt.inputs_embeds, prompt.positions, prompt.attention_mask,
+                                              injections=prompt.injections))
         if return_type == "logits":
             return logits
         if return_type == "loss":
@@ -452,8 +465,9 @@ class HookedAVModel(HookedRootModule):
         n_batch, prompt_len = prompt.attention_mask.shape
         cache = KVCache(self.cfg.n_layers, n_batch, self.cfg.n_key_value_heads, prompt_len + max_new_tokens,
                         self.cfg.d_head, prompt.inputs_embeds.dtype, self.device)
-        resid = self.run_blocks(prompt.inputs_embeds, prompt.positions, prompt.attention_mask, cache)
-        return DecodeState(cache, prompt.attention_mask, prompt.positions[:, :, -1:] + 1, self.unembed(resid[:, -1]))
+        resid = self.run_blocks(prompt.inputs_embeds, prompt.positions, prompt.attention_mask, cache,
+                                prompt.injections)
+        return DecodeState(cache, prompt.attention_mask, next_position(prompt), self.unembed(resid[:, -1]))
 
     def decode(self, state: DecodeState, max_new_tokens: int, sampling: Sampling, stops: Tensor) -> Tensor:
         """Sample up to `max_new_tokens` tokens [batch, new] from a prefilled state; rows pad after a stop token."""
@@ -491,6 +505,15 @@ _CACHE_KWARGS = {"names_filter", "device", "remove_batch_dim", "incl_bwd", "rese
 def is_text(value: Any) -> bool:
     return isinstance(value, str) or (isinstance(value, (list, tuple)) and len(value) > 0
                                       and all(isinstance(v, str) for v in value))
+
+
+def next_position(prompt: Prompt) -> Int[Tensor, "axes batch 1"]:
+    """The rotary position of the first generated token: the row's largest prompt position + 1, on every axis
+    (HF's "rope delta" rule). It is not always the last position + 1: after audio interleaved into video,
+    Qwen3-Omni resumes from the end of the last run, which can lie inside the video block's range."""
+    valid = prompt.attention_mask.bool()[None].expand_as(prompt.positions)
+    top = prompt.positions.masked_fill(~valid, float("-inf") if prompt.positions.is_floating_point() else -1)
+    return (top.amax(dim=(0, 2), keepdim=True) + 1).expand(prompt.positions.shape[0], -1, -1)
 
 
 def after_stop(generated: Tensor, stops: Tensor) -> Tensor:

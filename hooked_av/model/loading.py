@@ -1,6 +1,8 @@
 """Loading a local HF checkpoint folder: config.json picks the family; weights come from safetensors only.
 
 Tensors the family never uses (a full Qwen2.5-Omni's talker and token2wav) are not read from disk at all.
+Per-expert tensors of a mixture-of-experts checkpoint are written into HF's fused expert parameters as they are
+read (`weights.stack_experts` of the family file).
 """
 
 from __future__ import annotations
@@ -52,11 +54,46 @@ def hf_config_for(spec: FamilySpec, config: dict[str, Any]):
     return config_class(**config)
 
 
-def read_state_dict(spec: FamilySpec, folder: Path, dtype: torch.dtype | None,
-                    device: str | torch.device) -> dict[str, torch.Tensor]:
+class ExpertStacker:
+    """Writes per-expert checkpoint tensors into their fused [n_experts, ...] parameters as they are read, so a
+    layer's experts are never held twice."""
+
+    def __init__(self, spec: FamilySpec, shapes: dict[str, tuple[int, ...]], folder: Path):
+        self.spec, self.shapes, self.folder = spec, shapes, folder
+        self.filled: dict[str, torch.Tensor] = {}  # [n_experts, n_parts] bool per fused parameter
+
+    def place(self, state: dict[str, torch.Tensor], name: str, tensor: torch.Tensor) -> bool:
+        """Put `tensor` into its fused parameter; False when it is not a per-expert tensor of a known one."""
+        found = self.spec.expert_part(name)
+        if found is None or found[0] not in self.shapes:
+            return False
+        target, expert, part, n_parts = found
+        shape = self.shapes[target]
+        rows = tensor.shape[0]
+        if expert >= shape[0] or rows * n_parts != shape[1] or tuple(tensor.shape[1:]) != shape[2:]:
+            raise UnsupportedCheckpointError(
+                f"{self.folder}: expert tensor {name} {tuple(tensor.shape)} does not fit {target} {shape}")
+        if target not in state:
+            state[target] = torch.empty(shape, dtype=tensor.dtype, device=tensor.device)
+            self.filled[target] = torch.zeros(shape[0], n_parts, dtype=torch.bool)
+        state[target][expert, part * rows:(part + 1) * rows] = tensor
+        self.filled[target][expert, part] = True
+        return True
+
+    def check_complete(self) -> None:
+        for target, filled in self.filled.items():
+            if not bool(filled.all()):
+                missing = sorted({int(e) for e in (~filled).nonzero()[:, 0]})
+                raise UnsupportedCheckpointError(
+                    f"{self.folder}: {target} lacks the tensors of experts {missing[:8]}")
+
+
+def read_state_dict(spec: FamilySpec, folder: Path, dtype: torch.dtype | None, device: str | torch.device,
+                    shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
     from safetensors import safe_open
 
     state: dict[str, torch.Tensor] = {}
+    stacker = ExpertStacker(spec, shapes, folder)
     for file in safetensors_files(folder):
         with safe_open(str(file), framework="pt", device=str(device)) as f:
             for key in f.keys():
@@ -64,7 +101,10 @@ def read_state_dict(spec: FamilySpec, folder: Path, dtype: torch.dtype | None,
                 if name is None:
                     continue
                 tensor = f.get_tensor(key)
-                state[name] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+                tensor = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+                if not stacker.place(state, name, tensor):
+                    state[name] = tensor
+    stacker.check_complete()
     return state
 
 
@@ -88,8 +128,9 @@ def load_hf_model(folder: Path, device: str | torch.device | None = None, dtype:
     hf_config = hf_config_for(spec, config)
     device = device or "cpu"
     model = build_empty(spec, hf_config)
-    state = read_state_dict(spec, folder, dtype, device)
-    expected = set(model.state_dict())
+    expected_shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    state = read_state_dict(spec, folder, dtype, device, expected_shapes)
+    expected = set(expected_shapes)
     tied = getattr(hf_config.get_text_config(), "tie_word_embeddings", False) or getattr(
         hf_config, "tie_word_embeddings", False)
     missing = sorted(expected - set(state) - ({"lm_head.weight"} if tied else set()))
@@ -98,7 +139,6 @@ def load_hf_model(folder: Path, device: str | torch.device | None = None, dtype:
         raise UnsupportedCheckpointError(
             f"the weights in {folder} do not fit its config ({spec.name}): "
             f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})")
-    expected_shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     for name, tensor in state.items():
         if expected_shapes[name] != tuple(tensor.shape):
             raise UnsupportedCheckpointError(f"{folder}: tensor {name} has shape {tuple(tensor.shape)}, the config "

@@ -78,8 +78,11 @@ class TinySizes:
             raise ValueError(f"mrope_section {self.mrope_section} must sum to head_dim/2 = {head_dim // 2}")
 
 
-def byte_level_tokenizer(specials: tuple[str, ...], named: dict[str, str]):
-    """Qwen2 tokenizer over the 256 byte symbols plus `specials`, registered so they never split."""
+def byte_level_tokenizer(specials: tuple[str, ...], named: dict[str, str], not_special: frozenset[str] = frozenset()):
+    """Qwen2 tokenizer over the 256 byte symbols plus `specials`, registered so they never split.
+
+    Tokens in `not_special` stay atomic but are not special (kept by `skip_special_tokens`), as Qwen3's
+    `<think>` or `<tool_call>`."""
     from tokenizers import AddedToken
     from transformers import Qwen2Tokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode
@@ -90,7 +93,7 @@ def byte_level_tokenizer(specials: tuple[str, ...], named: dict[str, str]):
     tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[], eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                unk_token="<|endoftext|>", extra_special_tokens=named)
     # Being in the vocabulary is not enough: unregistered, "<|im_start|>" splits into byte tokens.
-    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    tokenizer.add_tokens([AddedToken(t, special=t not in not_special, normalized=False) for t in specials])
     return tokenizer
 
 
