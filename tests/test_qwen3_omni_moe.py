@@ -37,7 +37,7 @@ def test_logits_match_hf(q3omni, q3_batches, case):
 PER_LAYER = ["hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "attn.q_norm.hook_scale",
              "attn.q_norm.hook_normalized", "attn.k_norm.hook_scale", "attn.k_norm.hook_normalized", "attn.hook_q",
              "attn.hook_k", "attn.hook_v", "attn.hook_rot_q", "attn.hook_rot_k", "attn.hook_attn_mask",
-             "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid",
+             "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z", "attn.hook_result", "hook_attn_out", "hook_resid_mid",
              "ln2.hook_scale", "ln2.hook_normalized", "mlp.hook_router_logits", "mlp.hook_expert_indices",
              "mlp.hook_expert_weights", "hook_mlp_out", "hook_resid_post"]
 
@@ -58,6 +58,7 @@ def test_every_hook_point_fires_with_its_shape(q3omni, q3_batches):
     shapes = {"attn.hook_q": (b, n, cfg.n_heads, cfg.d_head), "attn.hook_k": (b, n, cfg.n_key_value_heads, cfg.d_head),
               "attn.q_norm.hook_scale": (b, n, cfg.n_heads, 1), "mlp.hook_router_logits": (b, n, n_experts),
               "mlp.hook_expert_indices": (b, n, k), "mlp.hook_expert_weights": (b, n, k),
+              "attn.hook_result": (b, n, cfg.n_heads, cfg.d_model),
               "hook_deepstack": (b, n, cfg.d_model), "hook_resid_post": (b, n, cfg.d_model)}
     for suffix, shape in shapes.items():
         assert tuple(cache[f"blocks.1.{suffix}"].shape) == shape, suffix
