@@ -89,6 +89,8 @@ def load_hf_model(folder: Path, device: str | torch.device | None = None, dtype:
     device = device or "cpu"
     model = build_empty(spec, hf_config)
     state = read_state_dict(spec, folder, dtype, device)
+    if hasattr(model, "convert_checkpoint"):  # tensors stored in another layout (InternLM2's packed wqkv)
+        state = model.convert_checkpoint(state)
     expected = set(model.state_dict())
     tied = getattr(hf_config.get_text_config(), "tie_word_embeddings", False) or getattr(
         hf_config, "tie_word_embeddings", False)
