@@ -258,3 +258,12 @@ def test_internomni_without_audio_equals_its_base(cases):
 def test_base_model_refuses_audio(models):
     with pytest.raises(InputError, match="no audio"):
         models["internvl2_base"].prepare_inputs("What do you hear?", audio=np.zeros(16000, dtype=np.float32))
+
+
+def test_prompt_beyond_the_rope_range_is_refused(cases):
+    """Past max_position_embeddings the official RoPE base changes (dynamic NTK): refused, not silently wrong."""
+    model, batch, _ = cases["text"]
+    limit = model.adapter.text_config.max_position_embeddings
+    long = {**batch, "attention_mask": torch.ones(1, limit + 1, dtype=torch.long)}
+    with pytest.raises(InputError, match="dynamic NTK"):
+        model.adapter.position_ids(long)

@@ -107,6 +107,12 @@ class InternVLAdapter(FamilyAdapter):
         return torch.cat([embeds[i, :n] for i, n in enumerate(counts)])
 
     def position_ids(self, batch: Batch) -> Tensor:
+        limit = self.text_config.max_position_embeddings
+        if int(batch["attention_mask"].sum(-1).max()) > limit:
+            # the official InternLM2 switches to dynamic NTK RoPE there (and keeps it); the hooked core does not
+            raise InputError(f"a prompt longer than {limit} tokens: InternLM2's rotary base changes beyond "
+                             "max_position_embeddings (dynamic NTK), which this library does not reproduce; use "
+                             "fewer frames or tiles")
         return text_positions(batch["attention_mask"])
 
     # ---- inputs --------------------------------------------------------------------------------------------
