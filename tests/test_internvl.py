@@ -14,6 +14,7 @@ import torch
 from einops import rearrange
 from PIL import Image
 from safetensors.torch import load_file, save_file
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from hooked_av import HookedAVModel, InputError, UnsupportedCheckpointError
 from hooked_av.families.internvl.packed_qkv import pack_wqkv, split_wqkv
@@ -267,3 +268,22 @@ def test_prompt_beyond_the_rope_range_is_refused(cases):
     long = {**batch, "attention_mask": torch.ones(1, limit + 1, dtype=torch.long)}
     with pytest.raises(InputError, match="dynamic NTK"):
         model.adapter.position_ids(long)
+
+
+@pytest.mark.parametrize("case", ["image_audio", "batch_audio"])
+def test_encoder_modules_on_the_official_inputs_equal_the_official_outputs(models, case):
+    """The written modules alone, fed the official inputs: `extract_feature` (ViT, CLS dropped, pixel shuffle, mlp1)
+    gives `vit_embeds`; the official-forward Whisper encoder + mlp2 gives every pooled row of `audio_embeds` (padding
+    rows of the shorter audio included), which transformers' stock WhisperEncoder forward does not."""
+    hf = models["internomni"].adapter.hf_model
+    official = official_tensors(case)
+    if "pixel_values" in official:
+        assert (hf.extract_feature(official["pixel_values"]) - official["vit_embeds"]).abs().max() < 1e-5
+    features = torch.nn.functional.pad(official["audio_values"], (0, 3000 - official["audio_values"].shape[-1]))
+    with torch.no_grad():
+        ours = hf.extract_audio_feature(features, official["audio_len_after_cnn"])
+        assert (ours - official["audio_embeds"]).abs().max() < 1e-5
+        stock = WhisperEncoder.forward(hf.audio_model.encoder, features).last_hidden_state  # the 30 s window
+    n = official["audio_embeds"].shape[1]
+    pooled = torch.nn.functional.avg_pool1d(stock.transpose(1, 2), 2, 2).transpose(1, 2)[:, :n]
+    assert (hf.mlp2(pooled) - official["audio_embeds"]).abs().max() > 1e-2
