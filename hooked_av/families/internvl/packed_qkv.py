@@ -27,14 +27,16 @@ def split_wqkv(wqkv: Float[Tensor, "rows d_model"], n_heads: int, n_kv_heads: in
             f"of size {d_head} ({rows} rows expected)")
     slots = wqkv.view(n_kv_heads, group + 2, d_head, -1)
     q = slots[:, :group].reshape(n_heads * d_head, -1)
-    return q.contiguous(), slots[:, group].reshape(n_kv_heads * d_head, -1).contiguous(), \
-        slots[:, group + 1].reshape(n_kv_heads * d_head, -1).contiguous()
+    k = slots[:, group].reshape(n_kv_heads * d_head, -1)
+    v = slots[:, group + 1].reshape(n_kv_heads * d_head, -1)
+    return q.contiguous(), k.contiguous(), v.contiguous()
 
 
 def pack_wqkv(q: Tensor, k: Tensor, v: Tensor, n_kv_heads: int, d_head: int) -> Tensor:
     """The inverse of `split_wqkv`: the official packed layout."""
     group = q.shape[0] // (n_kv_heads * d_head)
-    slots = [q.view(n_kv_heads, group, d_head, -1), k.view(n_kv_heads, 1, d_head, -1), v.view(n_kv_heads, 1, d_head, -1)]
+    slots = [q.view(n_kv_heads, group, d_head, -1), k.view(n_kv_heads, 1, d_head, -1),
+             v.view(n_kv_heads, 1, d_head, -1)]
     return torch.cat(slots, dim=1).reshape(-1, q.shape[-1])
 
 

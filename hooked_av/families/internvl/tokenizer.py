@@ -8,6 +8,8 @@ front of every encoded string.
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import sentencepiece as spm
@@ -71,9 +73,6 @@ class InternLM2Tokenizer(PreTrainedTokenizer):
         return bos + [0] * len(token_ids_0) + [0] * len(token_ids_1 or []) + eos
 
     def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str]:
-        import shutil
-        from pathlib import Path
-
         target = Path(save_directory) / f"{filename_prefix + '-' if filename_prefix else ''}tokenizer.model"
         if Path(self.vocab_file).resolve() != target.resolve():
             shutil.copyfile(self.vocab_file, target)
