@@ -22,7 +22,7 @@ from hooked_av.testing.tiny import tiny_qwen2_5_vl
 from .conftest import PROMPT
 
 FAMILY = {"omni": "qwen2_5_omni", "vl": "qwen2_5_vl", "minicpm_o": "minicpm_o_2_6",
-          "qwen3_omni": "qwen3_omni_moe"}
+          "qwen3_omni": "qwen3_omni_moe", "internomni": "internomni", "internvl2": "internvl2"}
 
 
 # ---- fixtures ---------------------------------------------------------------------------------------------
@@ -373,6 +373,16 @@ def test_every_builtin_spec_parses_and_is_usable():
     assert omni.checkpoint_key("model.language_model.norm.weight") == "model.language_model.norm.weight"
     assert omni.checkpoint_key("talker.model.norm.weight") is None
     assert omni.checkpoint_key("token2wav.x.weight") is None
+
+
+def test_a_family_naming_the_architecture_wins_over_a_model_type_match():
+    """InternOmni and InternVL 2 share model_type "internvl_chat": the architecture decides, in either file order."""
+    from hooked_av.model.family_spec import family_for_config
+
+    specs = builtin_family_specs()
+    for order in (specs, tuple(reversed(specs))):
+        for arch, name in (("InternVLChatAudioModel", "internomni"), ("InternVLChatModel", "internvl2")):
+            assert family_for_config({"model_type": "internvl_chat", "architectures": [arch]}, order).name == name
 
 
 def test_unmodified_spec_written_to_a_file_loads(tmp_path):

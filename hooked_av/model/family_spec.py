@@ -253,7 +253,10 @@ def builtin_family_specs() -> tuple[FamilySpec, ...]:
 def family_for_config(config: dict[str, Any], specs: tuple[FamilySpec, ...] | None = None) -> FamilySpec:
     """The family whose `match` section fits an HF config.json (as a dict)."""
     specs = builtin_family_specs() if specs is None else specs
-    for spec in specs:
+    # A family naming the config's architecture wins over one matching only its model_type (InternOmni and
+    # InternVL 2 share model_type "internvl_chat").
+    archs = set(config.get("architectures") or ())
+    for spec in sorted(specs, key=lambda s: not archs & set(s.architectures)):
         if spec.matches(config):
             return spec
     known = sorted(t for s in specs for t in s.model_types)

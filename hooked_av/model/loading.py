@@ -130,6 +130,8 @@ def load_hf_model(folder: Path, device: str | torch.device | None = None, dtype:
     model = build_empty(spec, hf_config)
     expected_shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     state = read_state_dict(spec, folder, dtype, device, expected_shapes)
+    if hasattr(model, "convert_checkpoint"):  # tensors stored in another layout (InternLM2's packed wqkv)
+        state = model.convert_checkpoint(state)
     expected = set(expected_shapes)
     tied = getattr(hf_config.get_text_config(), "tie_word_embeddings", False) or getattr(
         hf_config, "tie_word_embeddings", False)
