@@ -291,3 +291,17 @@ def test_image_input_is_num_frames_copies_of_the_image(model):
     assert counts["image"] == model.processor.video_tokens and "video" not in counts
     with torch.no_grad():
         torch.testing.assert_close(model(as_image)[:, -1], model(as_video)[:, -1], atol=0, rtol=0)
+
+
+def test_repetition_penalty_equals_transformers_processor():
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    from hooked_av.model.hooked_av_model import Sampling
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 50)
+    history = [torch.tensor([3, 7]), torch.tensor([3, 9]), torch.tensor([11, 7])]
+    ours = Sampling().penalize(logits, history, default=1.3)
+    theirs = RepetitionPenaltyLogitsProcessor(1.3)(torch.stack(history, dim=1), logits.clone())
+    assert torch.equal(ours, theirs) and not torch.equal(ours, logits)
+    assert torch.equal(Sampling(repetition_penalty=1.0).penalize(logits, history, default=1.3), logits)

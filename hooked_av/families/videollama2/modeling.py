@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from torch import Tensor, nn
 from transformers import GenerationConfig, Qwen2Config, Qwen2Model, SiglipVisionConfig, SiglipVisionModel
 
 from hooked_av.families.videollama2.beats import BEATs, BEATsConfig
 from hooked_av.families.videollama2.stc import STCConnector
 from hooked_av.model.errors import UnsupportedCheckpointError
+from hooked_av.model.loading import safetensors_files
 
 # config.json keys that are not the Qwen2 LLM's own
 _NOT_LLM = ("beats_config", "auto_map", "architectures", "model_type", "transformers_version", "_name_or_path")
@@ -119,9 +121,6 @@ class VideoLLaMA2AV(nn.Module):
 
     def external_state_dict(self, dtype: torch.dtype | None, device: str | torch.device) -> dict[str, Tensor]:
         """The SigLIP tower's tensors from its own folder (`vision_model.*` there, `vision_tower.*` here)."""
-        from hooked_av.model.loading import safetensors_files
-        from safetensors import safe_open
-
         folder = self.config.vision_folder
         if folder is None:
             return {}
