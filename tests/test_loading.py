@@ -21,7 +21,7 @@ from hooked_av.testing.tiny import tiny_qwen2_5_vl
 
 from .conftest import PROMPT
 
-FAMILY = {"omni": "qwen2_5_omni", "vl": "qwen2_5_vl", "minicpm_o": "minicpm_o_2_6"}
+FAMILY = {"omni": "qwen2_5_omni", "vl": "qwen2_5_vl", "minicpm_o": "minicpm_o_2_6", "videollama2": "videollama2_av"}
 
 
 # ---- fixtures ---------------------------------------------------------------------------------------------
