@@ -22,7 +22,8 @@ from hooked_av.testing.tiny import tiny_qwen2_5_vl
 from .conftest import PROMPT
 
 FAMILY = {"omni": "qwen2_5_omni", "vl": "qwen2_5_vl", "minicpm_o": "minicpm_o_2_6",
-          "qwen3_omni": "qwen3_omni_moe", "internomni": "internomni", "internvl2": "internvl2"}
+          "qwen3_omni": "qwen3_omni_moe", "internomni": "internomni", "internvl2": "internvl2",
+          "videollama2": "videollama2_av"}
 
 
 # ---- fixtures ---------------------------------------------------------------------------------------------

@@ -147,6 +147,10 @@ class FamilyAdapter:
         pad = getattr(self.hf_model.generation_config, "pad_token_id", None)
         return pad if pad is not None else (self.stop_token_ids() or [0])[0]
 
+    def repetition_penalty(self) -> float | None:
+        """The repetition penalty greedy decoding applies by default (over generated tokens), None for none."""
+        return None
+
     def require_processor(self, what: str) -> Any:
         if self.processor is None:
             raise MissingProcessorError(

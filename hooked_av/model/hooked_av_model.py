@@ -63,7 +63,18 @@ class Sampling:
     top_k: int | None = None
     top_p: float | None = None
     seed: int | None = None
+    # over the tokens generated so far (HF's RepetitionPenaltyLogitsProcessor); None: the family's default, 1: off
+    repetition_penalty: float | None = None
     generator: torch.Generator | None = field(default=None, repr=False)
+
+    def penalize(self, logits: Tensor, history: list[Tensor], default: float | None) -> Tensor:
+        """Divide positive (multiply negative) logits of every token in `history` by the penalty."""
+        penalty = self.repetition_penalty if self.repetition_penalty is not None else default
+        if penalty is None or penalty == 1.0 or not history:
+            return logits
+        seen = torch.stack(history, dim=1)
+        score = logits.gather(-1, seen)
+        return logits.scatter(-1, seen, torch.where(score < 0, score * penalty, score / penalty))
 
     def next_token(self, logits: Tensor) -> Tensor:
         if not self.do_sample:
@@ -434,17 +445,20 @@ class HookedAVModel(HookedRootModule):
     def generate(self, batch: Any = None, max_new_tokens: int = 32, do_sample: bool = False,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                  stop_token_ids: Sequence[int] | None = None, fwd_hooks: HookList = (),
-                 decode_fwd_hooks: HookList = (), seed: int | None = None, **inputs: Any) -> GenerationOutput:
+                 decode_fwd_hooks: HookList = (), seed: int | None = None, repetition_penalty: float | None = None,
+                 **inputs: Any) -> GenerationOutput:
         """KV-cached generation in which hooks fire on the prefill and on every decode step.
 
         `fwd_hooks` apply to the prefill and every decode step; `decode_fwd_hooks` only to decode steps, so a
         pattern hook there costs one 1 x N row per head and step while the prefill stays on fused attention.
-        Greedy output equals HF `generate` with the same stop tokens.
+        Greedy output equals HF `generate` with the same stop tokens. `repetition_penalty` (over the generated
+        tokens only) defaults to the family's (`FamilyAdapter.repetition_penalty`: none, except for families whose
+        official greedy path keeps the checkpoint's, as VideoLLaMA2); 1.0 turns it off.
         """
         if max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}: generate produces tokens; "
                              "for the prompt's logits alone call model(batch)")
-        sampling = Sampling(do_sample, temperature, top_k, top_p, seed)
+        sampling = Sampling(do_sample, temperature, top_k, top_p, seed, repetition_penalty)
         stops = self.stop_tensor(stop_token_ids)
         with self.hooks(fwd_hooks=list(fwd_hooks)):
             prompt = self.embed_prompt(batch, **inputs)
@@ -475,7 +489,9 @@ class HookedAVModel(HookedRootModule):
         finished = torch.zeros(state.logits.shape[0], dtype=torch.bool, device=self.device)
         new_tokens: list[Tensor] = []
         logits, attention_mask, next_pos = state.logits, state.attention_mask, state.next_pos
+        penalty = self.adapter.repetition_penalty()
         for step in range(max_new_tokens):
+            logits = sampling.penalize(logits, new_tokens, penalty)
             token = torch.where(finished, pad, sampling.next_token(logits))
             new_tokens.append(token)
             finished = finished | torch.isin(token, stops)

@@ -46,8 +46,12 @@ def safetensors_files(folder: Path) -> list[Path]:
     return files
 
 
-def hf_config_for(spec: FamilySpec, config: dict[str, Any]):
+def hf_config_for(spec: FamilySpec, config: dict[str, Any], folder: Path | None = None):
+    """The family's config object; a config class with `from_checkpoint_folder(folder, config)` builds it from
+    the folder (it reads files config.json names, e.g. VideoLLaMA2's separate vision tower folder)."""
     config_class = resolve_class(spec.config_class)
+    if folder is not None and hasattr(config_class, "from_checkpoint_folder"):
+        return config_class.from_checkpoint_folder(folder, config)
     if spec.full_config_key and spec.full_config_key in config:  # a full model: take the part we load
         config = config[spec.full_config_key]
     config = {k: v for k, v in config.items() if k not in ("architectures", "model_type", "transformers_version")}
@@ -125,13 +129,15 @@ def load_hf_model(folder: Path, device: str | torch.device | None = None, dtype:
         raise UnsupportedCheckpointError(f"{folder} is not a folder: give the local folder of an HF checkpoint")
     config = read_config(folder)
     spec = family_for_config(config, None if spec is None else (spec,))
-    hf_config = hf_config_for(spec, config)
+    hf_config = hf_config_for(spec, config, folder)
     device = device or "cpu"
     model = build_empty(spec, hf_config)
     expected_shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     state = read_state_dict(spec, folder, dtype, device, expected_shapes)
     if hasattr(model, "convert_checkpoint"):  # tensors stored in another layout (InternLM2's packed wqkv)
         state = model.convert_checkpoint(state)
+    if hasattr(model, "external_state_dict"):  # weights kept outside the folder (VideoLLaMA2's SigLIP tower)
+        state.update(model.external_state_dict(dtype, device))
     expected = set(expected_shapes)
     tied = getattr(hf_config.get_text_config(), "tie_word_embeddings", False) or getattr(
         hf_config, "tie_word_embeddings", False)
