@@ -93,13 +93,17 @@ def fig2(model, factual: Sequence[WorldSample], counterfactual: Sequence[WorldSa
 
 
 # ---- Fig. 4 ------------------------------------------------------------------------------------------------------
-def fig4(model, samples: Sequence[WorldSample], prompt: str = world.PROMPT_BOTH) -> dict[str, Any]:
-    results = [attention_by_modality(model, prepare(model, [s], prompt), max_new_tokens=MAX_NEW_TOKENS)
-               for s in samples]
-    agg = aggregate_attention(results)
-    return {"prompt": prompt, "groups": agg.groups, "layers": agg.layers, "n_samples": agg.n_samples,
-            "mean": agg.mean.round(4).tolist(), "ci_low": agg.ci_low.round(4).tolist(),
-            "ci_high": agg.ci_high.round(4).tolist()}
+def fig4(model, samples: Sequence[WorldSample],
+         prompts: Sequence[str] = (world.PROMPT_BOTH, world.PROMPT_HEAR)) -> dict[str, Any]:
+    out = {}
+    for prompt in prompts:
+        results = [attention_by_modality(model, prepare(model, [s], prompt), max_new_tokens=MAX_NEW_TOKENS)
+                   for s in samples]
+        agg = aggregate_attention(results)
+        out[prompt] = {"groups": agg.groups, "layers": agg.layers, "n_samples": agg.n_samples,
+                       "mean": agg.mean.round(4).tolist(), "ci_low": agg.ci_low.round(4).tolist(),
+                       "ci_high": agg.ci_high.round(4).tolist()}
+    return out
 
 
 # ---- Fig. 5 ------------------------------------------------------------------------------------------------------
@@ -124,19 +128,21 @@ def lens_rows(model, samples: Sequence[WorldSample], *, video: bool = True,
 
 
 def lens_shares(rows: list[list[set[str]]], samples: Sequence[WorldSample]) -> dict[str, list[float]]:
-    """Per layer: share of samples whose audio positions decode (top-1) to the true sound; the mean of that share
-    over the other sound words (chance baseline); and the picture's sound, where it differs."""
-    n_layers = len(rows[0])
-    true, chance, picture = [], [], []
-    for layer in range(n_layers):
-        true.append(rate([s.true_sound in r[layer] for r, s in zip(rows, samples)]))
-        others = [rate([w in r[layer] for r, s in zip(rows, samples)]) for w in world.SOUNDS]
-        # chance: every sound word except the true one and the picture's, averaged over the samples
-        chance.append(rate([np.mean([w in r[layer] for w in world.SOUNDS if w not in (s.true_sound, s.picture_sound)])
-                            for r, s in zip(rows, samples)]))
-        picture.append(rate([s.picture_sound in r[layer] for r, s in zip(rows, samples) if s.counterfactual]))
-        del others
-    return {"true_sound": true, "other_sounds_mean": chance, "picture_sound": picture}
+    """Per layer: share of samples whose audio positions decode (top-1) to the true sound; the chance baseline,
+    the same share for the other sound words (neither the true sound nor the picture's), averaged; and on
+    counterfactual samples the share for the picture's sound."""
+    out: dict[str, list[float]] = {"true_sound": [], "other_sounds_mean": []}
+    cf = [(r, s) for r, s in zip(rows, samples) if s.counterfactual]
+    if cf:
+        out["picture_sound"] = []
+    for layer in range(len(rows[0])):
+        out["true_sound"].append(rate([s.true_sound in r[layer] for r, s in zip(rows, samples)]))
+        out["other_sounds_mean"].append(rate([
+            np.mean([w in r[layer] for w in world.SOUNDS if w not in (s.true_sound, s.picture_sound)])
+            for r, s in zip(rows, samples)]))
+        if cf:
+            out["picture_sound"].append(rate([s.picture_sound in r[layer] for r, s in cf]))
+    return out
 
 
 def fig5(model, counterfactual: Sequence[WorldSample], factual: Sequence[WorldSample]) -> dict[str, Any]:
@@ -199,19 +205,30 @@ def all_layer_knockouts(model, samples: Sequence[WorldSample]) -> dict[str, floa
 
 
 # ---- Fig. 7 ------------------------------------------------------------------------------------------------------
-def invert_selection(results):
-    return [replace(r, selected=~r.selected) for r in results]
+def with_selection(result, words: Sequence[str], invert: bool = False):
+    """The result with its tokens selected by word (token strings are whole words in this vocabulary)."""
+    picked = torch.tensor([(t.strip() in words) != invert for t in result.token_strings], dtype=torch.bool)
+    return replace(result, selected=picked)
 
 
 def fig7(model, twin, counterfactual: Sequence[WorldSample], factual: Sequence[WorldSample]) -> dict[str, Any]:
-    select = lexicon_selector(frozenset(world.SOUNDS))
+    """Token shift of the organism's "Describe what you hear." answers against the twin: all tokens, sound words,
+    the other (function) words; on counterfactuals also the sound words that name the true sound (heard) and
+    those that name the picture's sound (seen)."""
     out: dict[str, Any] = {}
     for setting, samples in (("cf", counterfactual), ("factual", factual)):
         results = [token_shift(model, twin, video=s.frames, audio=s.audio, instruction=world.PROMPT_HEAR,
-                               max_new_tokens=MAX_NEW_TOKENS, selector=select, use_audio_in_video=True, fps=world.FPS)
+                               max_new_tokens=MAX_NEW_TOKENS, selector=lexicon_selector(frozenset(world.SOUNDS)),
+                               use_audio_in_video=True, fps=world.FPS)
                    for s in samples]
         out[setting] = {"all": aggregate_shift(results), "sound_words": aggregate_shift(results, selected_only=True),
-                        "function_words": aggregate_shift(invert_selection(results), selected_only=True)}
+                        "function_words": aggregate_shift([with_selection(r, world.SOUNDS, invert=True)
+                                                           for r in results], selected_only=True)}
+        if setting == "cf":
+            out[setting]["true_sound_words"] = aggregate_shift(
+                [with_selection(r, [s.true_sound]) for r, s in zip(results, samples)], selected_only=True)
+            out[setting]["picture_sound_words"] = aggregate_shift(
+                [with_selection(r, [s.picture_sound]) for r, s in zip(results, samples)], selected_only=True)
     return out
 
 
@@ -224,13 +241,15 @@ def default_paths() -> tuple[Path, Path]:
 
 def measure(model_dir: str | Path, twin_dir: str | Path | None, manifest: str | Path | None = None, n: int = 64,
             n_attention: int = 16, n_lens: int = 64, n_sweep: int = 32, n_shift: int = 32,
-            figures: Sequence[str] = ("2", "4", "5", "6", "7"), log: Callable[[str], None] = print) -> dict[str, Any]:
-    """All figures' numbers on the first n factual and n counterfactual samples of the test set."""
+            figures: Sequence[str] = ("2", "4", "5", "6", "7"), set_size: int = 200,
+            log: Callable[[str], None] = print) -> dict[str, Any]:
+    """All figures' numbers on the first n factual and n counterfactual samples of the test set (by default the
+    world's held-out set of `set_size` + `set_size` clips, exported once to the cache folder)."""
     from hooked_av import HookedAVModel
 
     torch.manual_seed(0)
     model = HookedAVModel.from_pretrained(model_dir)
-    manifest = Path(manifest) if manifest else export_testset(default_testset_dir())
+    manifest = Path(manifest) if manifest else export_testset(default_testset_dir(set_size), n=set_size)
     biggest = max(n, n_lens, n_sweep, n_shift, n_attention)
     factual = load_manifest_samples(manifest, limit=biggest, counterfactual=False)
     cf = load_manifest_samples(manifest, limit=biggest, counterfactual=True)
@@ -255,6 +274,51 @@ def measure(model_dir: str | Path, twin_dir: str | Path | None, manifest: str | 
     return result
 
 
+def fmt(values: Sequence[float]) -> str:
+    return " ".join(f"{v:.2f}" for v in values)
+
+
+def headline(result: dict[str, Any]) -> str:
+    """The headline numbers as markdown lines (what docs/organism.md reports per seed)."""
+    lines = []
+    if "fig2" in result:
+        f = result["fig2"]
+        for key in ("hear", "both"):
+            lines.append(f"- Fig. 2 ({key}): audio fidelity factual {f[key]['factual_audio_fidelity']:.3f} -> "
+                         f"counterfactual {f[key]['cf_audio_fidelity']:.3f} (picture's sound named "
+                         f"{f[key]['cf_picture_sound']:.3f})")
+        lines.append(f"- Fig. 2: audio-only accuracy {f['audio_only_accuracy']:.3f}; cf visual fidelity "
+                     f"{f['see']['cf_visual_fidelity']:.3f}")
+    for prompt, f in result.get("fig4", {}).items():
+        for g in ("video", "audio", "text", "other"):
+            lines.append(f"- Fig. 4 ({prompt}) share to {g} per layer: "
+                         f"{fmt([row[f['groups'].index(g)] for row in f['mean']])}")
+    if "fig5" in result:
+        for setting, f in result["fig5"].items():
+            line = (f"- Fig. 5 {setting}: true sound top-1 per layer {fmt(f['true_sound'])} vs other sounds "
+                    f"{fmt(f['other_sounds_mean'])}")
+            if "picture_sound" in f:
+                line += f"; picture's sound {fmt(f['picture_sound'])}"
+            lines.append(line)
+    if "fig6" in result:
+        f = result["fig6"]
+        for setting in ("cf", "factual"):
+            r = f[setting]
+            lines.append(f"- Fig. 6 {setting} audio fidelity: none {r['none']:.3f}; gen->video blocked, window "
+                         f"{f['window']} by centre {fmt(r['video'].values())}; gen->audio blocked "
+                         f"{fmt(r['audio'].values())}")
+        lines.append(f"- Fig. 6 cf, all layers: " + ", ".join(f"{k} {v:.3f}" for k, v in f["all_layers"].items()))
+    if "fig7" in result:
+        for setting, f in result["fig7"].items():
+            parts = [f"{part} (n={f[part].get('n_tokens', 0)}): KL {f[part].get('kl_av_base', float('nan')):.3f}, "
+                     f"unshifted/marginal/shifted {f[part].get('unshifted', float('nan')):.3f}/"
+                     f"{f[part].get('marginal', float('nan')):.3f}/{f[part].get('shifted', float('nan')):.3f}"
+                     for part in ("sound_words", "function_words", "true_sound_words", "picture_sound_words")
+                     if part in f]
+            lines.append(f"- Fig. 7 {setting}: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     model_default, twin_default = default_paths()
@@ -267,16 +331,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--n-sweep", type=int, default=32)
     parser.add_argument("--n-shift", type=int, default=32)
     parser.add_argument("--figures", default="2,4,5,6,7")
+    parser.add_argument("--set-size", type=int, default=200, help="clips per half of the default test set")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="write the numbers as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     result = measure(args.model, args.twin or None, args.data, args.n, args.n_attention, args.n_lens, args.n_sweep,
-                     args.n_shift, figures=args.figures.split(","))
-    text = json.dumps(result, indent=1)
+                     args.n_shift, figures=args.figures.split(","), set_size=args.set_size)
     if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
-    print(text)
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    print(headline(result))
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ def counterfactual_clips(n: int, world_seed: int = 0) -> list[world.TestClip]:
     """In memory, without Algorithm 1: factual clip i's video with the sound of test item i of another object."""
     rng = np.random.default_rng([world_seed, 2])
     clips = []
-    for c in world.factual_clips(n):
+    for c in world.factual_clips(n, world_seed):
         other = [o for o in world.OBJECTS if o != c.video_obj][int(rng.integers(len(world.OBJECTS) - 1))]
         clips.append(world.TestClip(f"{c.sample_id}__audio_{other}", c.video_obj, c.video_index, other, c.audio_index))
     return clips
@@ -115,7 +115,7 @@ def write_clip(path: Path, frames: np.ndarray, audio: np.ndarray, fps: float = w
 
 def factual_rows(out_dir: Path, n: int, world_seed: int) -> list[ManifestRow]:
     rows = []
-    for sample in in_memory(world.factual_clips(n), world_seed):
+    for sample in in_memory(world.factual_clips(n, world_seed), world_seed):
         path = out_dir / "clips" / f"{sample.sample_id}.mp4"
         if not path.is_file():
             write_clip(path, sample.frames, sample.audio)
@@ -130,7 +130,7 @@ def export_testset(out_dir: str | Path, n: int = 200, world_seed: int = 0) -> Pa
     The folder is reused when it already holds the same set (its testset.json matches).
     """
     out_dir = Path(out_dir)
-    stamp = {"n": n, "world_seed": world_seed, "version": 1}
+    stamp = {"n": n, "world_seed": world_seed, "version": 2}
     stamp_path = out_dir / "testset.json"
     if (out_dir / MANIFEST).is_file() and stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp:
         return out_dir / MANIFEST

@@ -192,6 +192,7 @@ def draw_rows(rng: np.random.Generator, mixture: dict[str, float], batch_size: i
     return groups
 
 
+@torch.enable_grad()  # whatever the caller's context (a no_grad test fixture, an analysis session)
 def train(cfg: TrainConfig, out: str | Path | None = None, log_every: int = 50, log=None) -> dict:
     """Train, save to `out` (HF layout: safetensors, config, processor files, training.json); returns the summary."""
     from hooked_av.model.hooked_av_model import HookedAVModel
@@ -248,11 +249,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="output folder (HF checkpoint layout)")
     parser.add_argument("--twin", action="store_true", help="train the vision-only twin (Qwen2.5-VL class)")
-    parser.add_argument("--steps", type=int, default=None, help="default 1200 (organism) / 800 (twin)")
+    parser.add_argument("--steps", type=int, default=None, help="default 1200 (organism) / 600 (twin)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (results are deterministic for a seed and a thread count)")
     args = parser.parse_args(argv)
-    steps = args.steps or (800 if args.twin else 1200)
+    steps = args.steps or (600 if args.twin else 1200)
     train(TrainConfig(seed=args.seed, twin=args.twin, steps=steps, threads=args.threads), args.out)
 
 

@@ -233,6 +233,13 @@ class TestClip:
 
 
 def factual_clips(n: int, seed: int = 0, prefix: str = "clip") -> list[TestClip]:
-    """n held-out factual clips, the objects in turn; each uses test item i for both its video and its sound."""
-    return [TestClip(f"{prefix}{i:04d}", OBJECTS[i % len(OBJECTS)], i // len(OBJECTS),
-                     OBJECTS[i % len(OBJECTS)], i // len(OBJECTS)) for i in range(n)]
+    """n held-out factual clips, the objects balanced and in a seeded order; each uses the object's next test item
+    for both its video and its sound. (A shuffled order matters to Algorithm 1: its cost matrix only knows
+    classes, and in a periodic order the assignment's tie-breaking pairs each object with one partner only.)"""
+    order = [OBJECTS[i % len(OBJECTS)] for i in np.random.default_rng([seed, 3]).permutation(n)]
+    seen: dict[str, int] = {}
+    clips = []
+    for i, obj in enumerate(order):
+        index = seen[obj] = seen.get(obj, -1) + 1
+        clips.append(TestClip(f"{prefix}{i:04d}", obj, index, obj, index))
+    return clips
