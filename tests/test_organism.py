@@ -17,6 +17,16 @@ from hooked_av.organism.train import TYPES, BatchBuilder, TrainConfig, train
 from hooked_av.organism.vocab import WORDS
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These tests run many small forward passes: on a busy 2-core machine two OpenMP threads made them ten
+    times slower than one (oversubscription), so this module uses one and restores the setting after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_world_items_are_deterministic_per_seed_split_and_index():
     a = world.video_item(0, "test", "dog", 3)
     assert np.array_equal(a, world.video_item(0, "test", "dog", 3))
@@ -133,3 +143,24 @@ def test_exported_test_set_is_a_manifest_built_by_algorithm_1(tmp_path):
 def test_class_embedder_maps_a_sound_to_its_source():
     e = ClassEmbedder().encode(["a dog", "a bark", "a chime"])
     assert e[0] @ e[1] == pytest.approx(1.0) and e[0] @ e[2] == 0.0
+
+
+def test_measure_finds_the_planted_bias_on_the_shipped_pair(organism):
+    """Regression of the headline figures on a few held-out counterfactual clips (in memory): the organism hears
+    alone, answers from the picture when both disagree, recovers when generated tokens may not see the video, and
+    its picture-driven sound words are the twin's top choice while its heard ones are not."""
+    from hooked_av.organism.measure import all_layer_knockouts, fig7
+
+    cf = in_memory(counterfactual_clips(12))
+    heard = generate_texts(organism, cf, world.PROMPT_HEAR)
+    alone = generate_texts(organism, cf, world.PROMPT_HEAR, video=False)
+    fidelity = np.mean([names_sound(t, s.true_sound) for t, s in zip(heard, cf)])
+    assert np.mean([names_sound(t, s.true_sound) for t, s in zip(alone, cf)]) >= 0.75
+    assert fidelity <= 0.5
+    assert np.mean([names_sound(t, s.picture_sound) for t, s in zip(heard, cf)]) >= 0.4
+    blocked = all_layer_knockouts(organism, cf)
+    assert blocked["cf_audio_fidelity_video_blocked"] >= fidelity + 0.25
+    assert blocked["cf_audio_fidelity_audio_blocked"] <= 0.1
+    shift = fig7(organism, HookedAVModel.from_pretrained(shipped_twin()), cf[:8], [])["cf"]
+    assert shift["function_words"]["unshifted"] >= 0.95
+    assert shift["picture_sound_words"].get("unshifted", 1.0) >= 0.75

@@ -36,7 +36,7 @@ import torch
 from hooked_av.analysis.attention import aggregate_attention, attention_by_modality
 from hooked_av.analysis.knockout import Knockout, generate_with_knockout, knockout_hooks, knockout_sweep, load_sweep
 from hooked_av.analysis.logit_lens import logit_lens
-from hooked_av.analysis.token_shift import aggregate_shift, lexicon_selector, token_shift
+from hooked_av.analysis.token_shift import aggregate_shift, token_shift
 from hooked_av.eval.keywords import keyword_score
 from hooked_av.organism import world
 from hooked_av.organism.testset import WorldSample, default_testset_dir, export_testset, load_manifest_samples
@@ -205,6 +205,12 @@ def all_layer_knockouts(model, samples: Sequence[WorldSample]) -> dict[str, floa
 
 
 # ---- Fig. 7 ------------------------------------------------------------------------------------------------------
+def word_selector(words: Sequence[str]) -> Callable[[list[str]], list[bool]]:
+    """Select tokens that are one of `words`. (`lexicon_selector` rebuilds words by joining the token strings,
+    which suits byte-level vocabularies whose tokens carry their spaces; word-level tokens decode without them.)"""
+    return lambda token_strings: [t.strip() in words for t in token_strings]
+
+
 def with_selection(result, words: Sequence[str], invert: bool = False):
     """The result with its tokens selected by word (token strings are whole words in this vocabulary)."""
     picked = torch.tensor([(t.strip() in words) != invert for t in result.token_strings], dtype=torch.bool)
@@ -217,8 +223,10 @@ def fig7(model, twin, counterfactual: Sequence[WorldSample], factual: Sequence[W
     those that name the picture's sound (seen)."""
     out: dict[str, Any] = {}
     for setting, samples in (("cf", counterfactual), ("factual", factual)):
+        if not samples:
+            continue
         results = [token_shift(model, twin, video=s.frames, audio=s.audio, instruction=world.PROMPT_HEAR,
-                               max_new_tokens=MAX_NEW_TOKENS, selector=lexicon_selector(frozenset(world.SOUNDS)),
+                               max_new_tokens=MAX_NEW_TOKENS, selector=word_selector(world.SOUNDS),
                                use_audio_in_video=True, fps=world.FPS)
                    for s in samples]
         out[setting] = {"all": aggregate_shift(results), "sound_words": aggregate_shift(results, selected_only=True),
