@@ -164,3 +164,16 @@ def test_measure_finds_the_planted_bias_on_the_shipped_pair(organism):
     shift = fig7(organism, HookedAVModel.from_pretrained(shipped_twin()), cf[:8], [])["cf"]
     assert shift["function_words"]["unshifted"] >= 0.95
     assert shift["picture_sound_words"].get("unshifted", 1.0) >= 0.75
+
+
+def test_training_is_deterministic_for_a_seed(tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = TrainConfig(seed=3, steps=3, batch_size=4, warmup=1)
+    for run in ("a", "b"):
+        train(cfg, tmp_path / run, log=lambda line: None)
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    other = load_file(train(TrainConfig(seed=4, steps=3, batch_size=4, warmup=1), tmp_path / "c",
+                            log=lambda line: None) and tmp_path / "c" / "model.safetensors")
+    assert not torch.equal(a["lm_head.weight"], other["lm_head.weight"])
