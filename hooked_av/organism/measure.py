@@ -38,7 +38,7 @@ from hooked_av.analysis.knockout import Knockout, generate_with_knockout, knocko
 from hooked_av.analysis.logit_lens import logit_lens
 from hooked_av.analysis.token_shift import aggregate_shift, token_shift
 from hooked_av.eval.keywords import keyword_score
-from hooked_av.organism import world
+from hooked_av.organism import shipped_organism, shipped_twin, world
 from hooked_av.organism.testset import WorldSample, default_testset_dir, export_testset, load_manifest_samples
 
 MAX_NEW_TOKENS = 12  # the longest answer is 11 tokens and <|im_end|>
@@ -241,12 +241,6 @@ def fig7(model, twin, counterfactual: Sequence[WorldSample], factual: Sequence[W
 
 
 # ---- driver ------------------------------------------------------------------------------------------------------
-def default_paths() -> tuple[Path, Path]:
-    from hooked_av.organism import shipped_organism, shipped_twin
-
-    return shipped_organism(), shipped_twin()
-
-
 def measure(model_dir: str | Path, twin_dir: str | Path | None, manifest: str | Path | None = None, n: int = 64,
             n_attention: int = 16, n_lens: int = 64, n_sweep: int = 32, n_shift: int = 32,
             figures: Sequence[str] = ("2", "4", "5", "6", "7"), set_size: int = 200,
@@ -329,9 +323,8 @@ def headline(result: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    model_default, twin_default = default_paths()
-    parser.add_argument("--model", default=str(model_default))
-    parser.add_argument("--twin", default=str(twin_default), help="the vision-only twin ('' to skip Fig. 7)")
+    parser.add_argument("--model", default=str(shipped_organism()))
+    parser.add_argument("--twin", default=str(shipped_twin()), help="the vision-only twin ('' to skip Fig. 7)")
     parser.add_argument("--data", default=None, help="manifest of the test set (default: exported to the cache)")
     parser.add_argument("--n", type=int, default=64, help="factual and counterfactual samples for Fig. 2")
     parser.add_argument("--n-attention", type=int, default=16)

@@ -177,8 +177,8 @@ def answer_loss(hf_model, inputs: dict, answers: torch.Tensor) -> tuple[torch.Te
     logits = hf_model(**inputs).logits
     n_answer = answers.shape[1]
     predicted = logits[:, -n_answer - 1:-1].float()
-    return F.cross_entropy(predicted.reshape(-1, predicted.shape[-1]), answers.reshape(-1), reduction="sum"), \
-        answers.numel()
+    loss = F.cross_entropy(predicted.reshape(-1, predicted.shape[-1]), answers.reshape(-1), reduction="sum")
+    return loss, answers.numel()
 
 
 def draw_rows(rng: np.random.Generator, mixture: dict[str, float], batch_size: int) -> dict[str, list]:

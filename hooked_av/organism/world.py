@@ -201,14 +201,6 @@ def synthesize_audio(sound: str, rng: np.random.Generator) -> np.ndarray:
 
 
 # ---- pools -----------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class MediaRef:
-    """One item of a pool: its class and index; its media are regenerated from the world seed on demand."""
-
-    obj: str
-    index: int
-
-
 def video_item(seed: int, split: str, obj: str, index: int) -> np.ndarray:
     return render_video(obj, item_rng(seed, split, "video", OBJECTS.index(obj), index))
 
