@@ -114,3 +114,22 @@ def test_use_audio_in_video_refuses_a_second_sound(omni, tmp_path):
         model.prepare_inputs("What happens?", video=clip, audio=synthetic_audio(2.0), use_audio_in_video=True)
     with pytest.raises(InputError, match="use_audio_in_video=True"):
         model.prepare_inputs("What happens?", video=clip, audio=clip, use_audio_in_video=True)
+
+
+def test_aac_padding_is_cut_at_the_declared_duration(tmp_path):
+    """AAC decodes to whole 1024-sample frames; the padding must not lengthen the clip (nor its audio tokens)."""
+    import wave
+
+    from hooked_av.data.ffmpeg import run_ffmpeg
+
+    sr = 16000
+    samples = (0.3 * np.sin(2 * np.pi * 440 * np.arange(2 * sr) / sr) * 32767).astype("<i2")
+    with wave.open(str(tmp_path / "tone.wav"), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sr)
+        w.writeframes(samples.tobytes())
+    run_ffmpeg(["-i", str(tmp_path / "tone.wav"), "-c:a", "aac", str(tmp_path / "tone.m4a")])
+    audio = load_audio(tmp_path / "tone.m4a", sr)
+    assert audio.shape == (2 * sr,)
+    assert np.corrcoef(audio, samples / 32767)[0, 1] > 0.99  # the encoder delay is dropped: no shift either

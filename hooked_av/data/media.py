@@ -56,7 +56,8 @@ def load_video(path: str | Path, fps: float = 2.0, max_frames: int | None = None
 
 
 def load_audio(source: str | Path | np.ndarray, sampling_rate: int = 16000) -> np.ndarray:
-    """Mono float32 waveform at `sampling_rate` from an audio or video file (arrays pass through)."""
+    """Mono float32 waveform at `sampling_rate` from an audio or video file (arrays pass through), cut at the
+    duration the audio stream declares."""
     if isinstance(source, np.ndarray):
         return source.astype(np.float32, copy=False)
     import av
@@ -64,17 +65,22 @@ def load_audio(source: str | Path | np.ndarray, sampling_rate: int = 16000) -> n
     with _open(source) as container:
         if not container.streams.audio:
             raise MissingMediaError(f"{source} has no audio stream")
+        stream = container.streams.audio[0]
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sampling_rate)
+        declared = (None if stream.duration is None or stream.time_base is None
+                    else round(float(stream.duration * stream.time_base) * sampling_rate))
         chunks = []
         try:
-            for frame in container.decode(container.streams.audio[0]):
+            for frame in container.decode(stream):
                 chunks.extend(r.to_ndarray().reshape(-1) for r in resampler.resample(frame))
             chunks.extend(r.to_ndarray().reshape(-1) for r in resampler.resample(None))
         except av.error.FFmpegError as err:
             raise MissingMediaError(f"cannot decode the audio stream of {source}: {err}") from err
     if not chunks:
         raise MissingMediaError(f"{source}: the audio stream holds no samples")
-    return np.concatenate(chunks).astype(np.float32)
+    # An AAC stream decodes to whole 1024-sample frames: the encoder's padding after the last sample would
+    # lengthen the clip (and change the number of audio tokens) unless cut at the duration the stream declares.
+    return np.concatenate(chunks)[:declared].astype(np.float32)
 
 
 def load_image(path: str | Path) -> np.ndarray:
