@@ -14,7 +14,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from hooked_av import HookedAVModel, MissingProcessorError, ModelConfigError, UnsupportedCheckpointError
-from hooked_av.families.base import load_adapter_class
+from hooked_av.model.adapter import load_adapter_class
 from hooked_av.model.family_spec import (builtin_config_dir, builtin_family_specs, load_family_spec, parse_family_spec,
                                         resolve_class)
 from hooked_av.testing.tiny import tiny_qwen2_5_vl

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hooked_av import InputError, Modality
-from hooked_av.families.base import text_positions
+from hooked_av.model.adapter import text_positions
 
 from .conftest import PROMPT
 

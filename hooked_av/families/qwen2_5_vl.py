@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hooked_av.families.base import Batch, FamilyAdapter, text_positions, vision_features
+from hooked_av.model.adapter import Batch, FamilyAdapter, text_positions, vision_features
 from hooked_av.families.chat import build_samples
 from hooked_av.model.errors import InputError
 from hooked_av.model.modality import Modality

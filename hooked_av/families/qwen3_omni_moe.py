@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hooked_av.families.base import Batch, EncoderOutput, require
+from hooked_av.model.adapter import Batch, EncoderOutput, require
 from hooked_av.families.qwen2_5_omni import Qwen25OmniAdapter
 from hooked_av.model.errors import InputError, UnsupportedCheckpointError
 from hooked_av.model.family_spec import FamilySpec

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
-from hooked_av.families.base import FamilyAdapter, load_adapter_class
+from hooked_av.model.adapter import FamilyAdapter, load_adapter_class
 from hooked_av.model.activation_cache import AVActivationCache
 from hooked_av.model.components import AttentionMask, RMSNorm, RotaryEmbedding, fire
 from hooked_av.model.errors import InputError, PlaceholderMismatchError, UnknownHookError, check_layer

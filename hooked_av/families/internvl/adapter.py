@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from hooked_av.data.media import load_audio, load_image, load_video
-from hooked_av.families.base import Batch, FamilyAdapter, require, text_positions
+from hooked_av.model.adapter import Batch, FamilyAdapter, require, text_positions
 from hooked_av.families.chat import MediaPath, per_sample
 from hooked_av.families.internvl.modeling import InternOmniModel, InternVLChatModel
 from hooked_av.families.internvl.processor import AUDIO, IMAGE, InternVLProcessor, Row

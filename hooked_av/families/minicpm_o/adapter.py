@@ -18,7 +18,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from hooked_av.data.media import load_audio, load_image, load_video
-from hooked_av.families.base import Batch, FamilyAdapter, text_positions
+from hooked_av.model.adapter import Batch, FamilyAdapter, text_positions
 from hooked_av.families.chat import MediaPath, per_sample
 from hooked_av.families.minicpm_o.modeling import MiniCPMO
 from hooked_av.families.minicpm_o.navit import encode_images

@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor
 
 from hooked_av.data.media import load_audio, load_image, load_video
-from hooked_av.families.base import Batch, FamilyAdapter, text_positions
+from hooked_av.model.adapter import Batch, FamilyAdapter, text_positions
 from hooked_av.families.chat import MediaPath, per_sample
 from hooked_av.families.videollama2.modeling import VideoLLaMA2AV
 from hooked_av.families.videollama2.processor import SAMPLE_RATE, VideoLLaMA2Processor, uniform_frame_indices
