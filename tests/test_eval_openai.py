@@ -107,6 +107,13 @@ def test_falls_back_without_response_format_when_the_server_rejects_it(server):
     assert ["response_format" in b for b in server.bodies("noschema")] == [True, False, False]
 
 
+def test_concurrent_requests_meet_the_refusal_once(server):
+    backend = client(server, "noschema", max_concurrency=4)
+    assert backend.complete(["p1", "p2", "p3", "p4"]) == [GOOD_ANSWER] * 4
+    flags = ["response_format" in b for b in server.bodies("noschema")]
+    assert flags[:2] == [True, False] and flags.count(True) == 1 and len(flags) == 5
+
+
 def test_an_unrelated_400_keeps_structured_output_on(server):
     backend = client(server, "toolong")
     with pytest.raises(JudgeBackendError, match="HTTP 400.*longer than the context"):

@@ -83,8 +83,10 @@ class OpenAICompatibleBackend:
 
     Timeouts, HTTP 408/429/5xx and connection errors are retried with exponential backoff (backoff * 2**k
     seconds; hooked_av.chat_api); other HTTP errors fail at once. The answer is requested as a json_schema
-    response_format; when a server rejects that with 400 and accepts the same request without it, it is never
-    sent again.
+    response_format (constrained decoding where the server has it, e.g. vLLM); when a server rejects that with
+    400 and accepts the same request without it, it is never sent again and answers go to the robust parser.
+    Until a server has taken one response_format request, the first prompt of a call is sent alone, so a server
+    without it refuses exactly one request.
     """
 
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None, timeout: float = 300.0,
@@ -96,6 +98,7 @@ class OpenAICompatibleBackend:
         self.url = self.client.url
         self.max_tokens = max_tokens
         self.json_schema = json_schema
+        self._schema_accepted = False  # the server answered a request with response_format
         self.max_concurrency = max_concurrency
         self.chat_template_kwargs = chat_template_kwargs
 
@@ -111,8 +114,12 @@ class OpenAICompatibleBackend:
                                     f"--model {self.name}, and is --base-url right?", status=e.status) from e
 
     def complete(self, prompts: list[str]) -> list[str]:
+        first: list[str] = []
+        if prompts and self.json_schema and not self._schema_accepted:
+            # alone while unknown: concurrent requests would each be refused before one turns response_format off
+            first, prompts = [self.complete_one(prompts[0])], prompts[1:]
         with ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, len(prompts)))) as pool:
-            return list(pool.map(self.complete_one, prompts))
+            return first + list(pool.map(self.complete_one, prompts))
 
     def complete_one(self, prompt: str) -> str:
         try:
@@ -124,6 +131,8 @@ class OpenAICompatibleBackend:
             # something else (e.g. a prompt too long) and that error propagates with json_schema left on
             response = self._post(self._body(prompt, False))
             self.json_schema = False  # plain answers from now on, parsed leniently
+        else:
+            self._schema_accepted = self.json_schema
         if not isinstance(response.get("choices"), list) or not response["choices"]:
             raise JudgeBackendError(f"judge server {self.url} sent no choices[0].message: {str(response)[:300]}")
         # "" when the server put everything in a separate reasoning field
