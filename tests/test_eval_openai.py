@@ -107,6 +107,13 @@ def test_falls_back_without_response_format_when_the_server_rejects_it(server):
     assert ["response_format" in b for b in server.bodies("noschema")] == [True, False, False]
 
 
+def test_concurrent_requests_meet_the_refusal_once(server):
+    backend = client(server, "noschema", max_concurrency=4)
+    assert backend.complete(["p1", "p2", "p3", "p4"]) == [GOOD_ANSWER] * 4
+    flags = ["response_format" in b for b in server.bodies("noschema")]
+    assert flags[:2] == [True, False] and flags.count(True) == 1 and len(flags) == 5
+
+
 def test_an_unrelated_400_keeps_structured_output_on(server):
     backend = client(server, "toolong")
     with pytest.raises(JudgeBackendError, match="HTTP 400.*longer than the context"):
@@ -136,7 +143,8 @@ def test_judge_reasks_then_records_the_failure(server):
     assert all(p.startswith(prompts[0]) and "could not be used" in p for p in prompts[1:])
 
 
-def test_judge_cli_scores_a_captions_file_through_the_server(server, tmp_path):
+@pytest.mark.parametrize("free", [False, True], ids=["json_schema", "no_json_schema"])
+def test_judge_cli_scores_a_captions_file_through_the_server(server, tmp_path, free):
     manifest, captions, out = tmp_path / "manifest.jsonl", tmp_path / "captions.jsonl", tmp_path / "scores.jsonl"
     manifest.write_text(json.dumps({"sample_id": "s1", "video": "s1.mp4", "audio": "video",
                                     "audio_captions": ["A dog barks"] * 5,
@@ -147,12 +155,14 @@ def test_judge_cli_scores_a_captions_file_through_the_server(server, tmp_path):
     add_subcommands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["judge", "--manifest", str(manifest), "--captions", str(captions), "--out", str(out),
                               "--backend", "openai", "--model", "judge-model", "--base-url", server.url("good"),
-                              "--no-think"])
+                              "--no-think", *(["--no-json-schema"] if free else [])])
     assert args.func(args) == 0
     rows = load_scores(out)
     assert {(r["modality"], r["status"], r["score"], r["judge_model"]) for r in rows} == {
         ("audio", "ok", 0.75, "judge-model"), ("video", "ok", 0.75, "judge-model")}
     assert all(b["chat_template_kwargs"] == {"enable_thinking": False} for b in server.bodies("good"))
+    # the 1-token check request, then the two judge requests: constrained unless --no-json-schema
+    assert ["response_format" in b for b in server.bodies("good")] == [False, not free, not free]
     assert (tmp_path / "scores.jsonl.cache.jsonl").exists()
 
 

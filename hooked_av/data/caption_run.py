@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from hooked_av.data.checkpoint import describe_checkpoint
+from hooked_av.data.checkpoint import CheckpointInfo, describe_checkpoint
 from hooked_av.data.jsonl import append_rows, iter_rows, output_file, read_done
 from hooked_av.data.manifest import PAPER_PROMPTS, ManifestRow, load_sample
 from hooked_av.data.media import load_video
@@ -40,10 +40,57 @@ class CaptionRow:
     max_new_tokens: int
     fps: float
     use_audio: bool
+    engine: str  # "hooked" (HookedAVModel.generate) or "vllm" (hooked_av.data.vllm_caption)
 
 
-# the fields a resumed file must share with the run: same weights, same generation settings
-RUN_FIELDS = ("model_hash", "max_new_tokens", "fps", "use_audio")
+# the fields a resumed file must share with the run: same weights, same generation settings, same engine
+RUN_FIELDS = ("model_hash", "max_new_tokens", "fps", "use_audio", "engine")
+LEGACY_ROW = {"engine": "hooked"}  # rows written before a field existed: what they were made with
+
+
+@dataclass(frozen=True)
+class CaptionRequest:
+    prompt: str
+    frames: np.ndarray
+    audio: np.ndarray | None
+    fps: float
+    use_audio_in_video: bool  # the sound is the video's own track, interleaved in the video block
+
+
+class CaptionEngine(Protocol):
+    """What writes captions: the hooked model here, vLLM in hooked_av.data.vllm_caption."""
+
+    name: str  # the engine column of the rows
+    info: CheckpointInfo
+    has_audio: bool  # the family has an audio input
+    batch_samples: int  # samples whose requests go to one captions() call (rows are written after each call)
+
+    def captions(self, requests: list[CaptionRequest], max_new_tokens: int) -> list[str | HookedAVError]:
+        """One greedy caption per request, in order, or the error that the model raised for it."""
+        ...
+
+
+class HookedCaptioner:
+    """HookedAVModel.generate, one request at a time (what every analysis sees)."""
+
+    name = "hooked"
+    batch_samples = 1
+
+    def __init__(self, model, checkpoint: str | None = None):
+        self.model = model
+        self.info = describe_checkpoint(model, checkpoint)
+        self.has_audio = "audio" in model.adapter.spec.placeholders
+
+    def captions(self, requests: list[CaptionRequest], max_new_tokens: int) -> list[str | HookedAVError]:
+        return [self._caption(r, max_new_tokens) for r in requests]
+
+    def _caption(self, request: CaptionRequest, max_new_tokens: int) -> str | HookedAVError:
+        try:
+            batch = self.model.prepare_inputs(request.prompt, video=request.frames, audio=request.audio,
+                                              fps=request.fps, use_audio_in_video=request.use_audio_in_video)
+            return self.model.generate(batch, max_new_tokens=max_new_tokens).text[0]
+        except HookedAVError as err:
+            return err
 
 
 @dataclass
@@ -60,27 +107,49 @@ def caption_manifest(model, manifest_rows: Sequence[ManifestRow], out_path: str 
                      checkpoint: str | None = None) -> CaptionRunReport:
     """One JSONL row per (sample, prompt): the model's greedy caption, written with flush + fsync as it is made.
 
-    Every row records the checkpoint (`checkpoint`: its folder or name, default the HF config's name_or_path; the
-    sha256 of its weights; dtype; hooked_av version) and the generation settings. Rerunning on the same file
-    skips the rows already there (a torn last line from a kill is cut first), so the file ends with each
-    (sample, prompt) exactly once; resuming with other weights or settings is refused. A sample whose media
-    cannot be read, or that the model refuses, is logged, recorded in `<out>.errors.jsonl` and skipped; a rerun
-    tries it again. The sound is interleaved in the video block (use_audio_in_video) when it is the video's own
-    track (audio = "video"), else given as a separate audio input; use_audio=False captions frames only
-    (vision-only models, Qwen2.5-VL).
+    `model` is a HookedAVModel, or a CaptionEngine (e.g. hooked_av.data.vllm_caption.VLLMCaptioner, which
+    records its own checkpoint). Every row records the checkpoint (`checkpoint`: its folder or name, default the
+    HF config's name_or_path; the sha256 of its weights; dtype; hooked_av version), the generation settings and
+    the engine. Rerunning on the same file skips the rows already there (a torn last line from a kill is cut
+    first), so the file ends with each (sample, prompt) exactly once; resuming with other weights, settings or
+    engine is refused. A sample whose media cannot be read, or that the model refuses, is logged, recorded in
+    `<out>.errors.jsonl` and skipped; a rerun tries it again. The sound is interleaved in the video block
+    (use_audio_in_video) when it is the video's own track (audio = "video"), else given as a separate audio
+    input; use_audio=False captions frames only (vision-only models, Qwen2.5-VL).
     """
+    engine = model if hasattr(model, "captions") else HookedCaptioner(model, checkpoint)
     out_path = output_file(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     errors_path = out_path.with_name(out_path.name + ".errors.jsonl")
-    if use_audio and "audio" not in model.adapter.spec.placeholders:
-        raise InputError(f"{model.cfg.family} has no audio input: caption its frames only (use_audio=False; "
+    if use_audio and not engine.has_audio:
+        raise InputError(f"{engine.info.family} has no audio input: caption its frames only (use_audio=False; "
                          f"on the command line --no-audio)")
-    info = describe_checkpoint(model, checkpoint)
-    settings = {"max_new_tokens": max_new_tokens, "fps": float(fps), "use_audio": use_audio}
-    check_same_run(out_path, {"model_hash": info.model_hash, **settings}, info.model)
+    settings = {"max_new_tokens": max_new_tokens, "fps": float(fps), "use_audio": use_audio, "engine": engine.name}
+    check_same_run(out_path, {"model_hash": engine.info.model_hash, **settings}, engine.info.model)
     done = read_done(out_path, lambda r: (r["sample_id"], r["prompt"]))
     report = CaptionRunReport(out_path, 0, 0, [])
-    for row in tqdm(manifest_rows, desc="captioning", unit="sample"):
+    with tqdm(total=len(manifest_rows), desc="captioning", unit="sample") as bar:
+        for start in range(0, len(manifest_rows), engine.batch_samples):
+            chunk = manifest_rows[start:start + engine.batch_samples]
+            keyed = list(requests_of(chunk, prompts, done, fps, sampling_rate, use_audio, errors_path, report))
+            results = engine.captions([request for _, request in keyed], max_new_tokens) if keyed else []
+            for (row, request), result in zip(keyed, results, strict=True):
+                if isinstance(result, HookedAVError):
+                    record_error(errors_path, report, row.sample_id, request.prompt, result)
+                    continue
+                append_rows(out_path, [asdict(CaptionRow(row.sample_id, request.prompt, result, row.counterfactual,
+                                                         **asdict(engine.info), **settings))])
+                done.add((row.sample_id, request.prompt))
+                report.written += 1
+            bar.update(len(chunk))
+    return report
+
+
+def requests_of(rows: Sequence[ManifestRow], prompts: Sequence[str], done: set, fps: float, sampling_rate: int,
+                use_audio: bool, errors_path: Path,
+                report: CaptionRunReport) -> Iterator[tuple[ManifestRow, CaptionRequest]]:
+    """The (row, request) of every (sample, prompt) not done yet; media are read once per sample."""
+    for row in rows:
         todo = [p for p in prompts if (row.sample_id, p) not in done]
         report.already_done += len(prompts) - len(todo)
         if not todo:
@@ -91,18 +160,7 @@ def caption_manifest(model, manifest_rows: Sequence[ManifestRow], out_path: str 
             record_error(errors_path, report, row.sample_id, None, err)
             continue
         for prompt in todo:
-            try:
-                batch = model.prepare_inputs(prompt, video=frames, audio=audio, fps=fps,
-                                             use_audio_in_video=use_audio and row.audio_in_video)
-                text = model.generate(batch, max_new_tokens=max_new_tokens).text[0]
-            except HookedAVError as err:
-                record_error(errors_path, report, row.sample_id, prompt, err)
-                continue
-            append_rows(out_path, [asdict(CaptionRow(row.sample_id, prompt, text, row.counterfactual,
-                                                     **asdict(info), **settings))])
-            done.add((row.sample_id, prompt))
-            report.written += 1
-    return report
+            yield row, CaptionRequest(prompt, frames, audio, fps, use_audio and row.audio_in_video)
 
 
 def load_media(row: ManifestRow, fps: float, sampling_rate: int,
@@ -117,9 +175,12 @@ def check_same_run(out_path: Path, run: dict[str, Any], model: str) -> None:
     """Refuse to resume a file written by another checkpoint or with other generation settings: its rows would be
     skipped as done and the file would mix two runs. The weights hash decides, so a moved folder resumes."""
     for number, row in enumerate(iter_rows(out_path), start=1):
-        written = {name: row.get(name) for name in run}
+        written = {name: row.get(name, LEGACY_ROW.get(name)) for name in run}
         if written == run:
             continue
+        if written["engine"] != run["engine"]:  # different kernels: the captions of one checkpoint differ too
+            raise InputError(f"{out_path}:{number} holds captions written by the {written['engine']} engine, not "
+                             f"{run['engine']}: write to another file")
         if written["model_hash"] is None:
             raise InputError(f"{out_path}:{number} holds captions without a checkpoint record (written by an "
                              f"older hooked_av), so a resume cannot tell whose they are: write to another file")

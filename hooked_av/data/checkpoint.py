@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -36,6 +37,18 @@ def weights_sha256(module: nn.Module) -> str:
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
         # as raw bytes: numpy has no bfloat16, and a byte view is exact for every dtype
         digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).cpu().numpy())
+    return digest.hexdigest()
+
+
+def files_sha256(paths: list[Path], dtype: str) -> str:
+    """sha256 over weight files (name and bytes, streamed) and the dtype they are served in: the hash of a
+    checkpoint that another engine (vLLM) loads, so this process never holds its weights."""
+    digest = hashlib.sha256(f"dtype|{dtype}\n".encode())
+    for path in paths:
+        digest.update(f"{path.name}\n".encode())
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -69,6 +70,11 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-audio", action="store_true", help="frames only (vision-only models such as Qwen2.5-VL)")
     p.add_argument("--device", default=None)
     add_dtype_option(p)
+    p.add_argument("--engine", choices=("hooked", "vllm"), default="hooked",
+                   help="hooked: HookedAVModel.generate (default); vllm: an offline vLLM engine, for the families "
+                        "vLLM serves (Qwen2.5-Omni thinker, Qwen2.5-VL; others fall back to hooked with a notice)")
+    p.add_argument("--tensor-parallel-size", type=positive(int), default=1, help="vLLM: GPUs per model replica")
+    p.add_argument("--data-parallel-size", type=positive(int), default=1, help="vLLM: model replicas")
     p.set_defaults(func=caption_cmd)
 
 
@@ -157,7 +163,7 @@ def caption_cmd(args: argparse.Namespace) -> int:
     # before the model: a bad manifest or output path should not wait for a checkpoint load
     rows = read_manifest(args.manifest)
     output_file(args.out)
-    report = caption_manifest(load_model(args), rows, args.out, prompts=tuple(args.prompts or PAPER_PROMPTS),
+    report = caption_manifest(caption_engine(args), rows, args.out, prompts=tuple(args.prompts or PAPER_PROMPTS),
                               max_new_tokens=args.max_new_tokens, fps=args.fps, use_audio=not args.no_audio,
                               checkpoint=args.model)
     errors_file = f"{report.out_path.name}.errors.jsonl"
@@ -167,6 +173,19 @@ def caption_cmd(args: argparse.Namespace) -> int:
         raise CaptionRunError(f"every sample failed ({len(report.errors)} errors in {errors_file}; the first: "
                               f"{report.errors[0][2]})")
     return 0
+
+
+def caption_engine(args: argparse.Namespace):
+    """vLLM when asked and the family is one it serves; else the hooked model (with a one-line notice)."""
+    if args.engine == "vllm":
+        from hooked_av.data.vllm_caption import UnsupportedEngineError, VLLMCaptioner
+
+        try:
+            return VLLMCaptioner(args.model, dtype=args.dtype, tensor_parallel_size=args.tensor_parallel_size,
+                                 data_parallel_size=args.data_parallel_size)
+        except UnsupportedEngineError as e:
+            print(f"note: {e}: captioning with the hooked model instead", file=sys.stderr)
+    return load_model(args)
 
 
 def load_model(args: argparse.Namespace):

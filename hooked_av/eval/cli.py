@@ -12,6 +12,7 @@ from hooked_av.data.cli import positive
 from hooked_av.eval.scores import FIDELITY_RUBRICS
 from hooked_av.model.errors import InputError
 from hooked_av.eval.backends import JudgeBackend, OpenAICompatibleBackend, TransformersBackend, VLLMBackend
+from hooked_av.eval.rubric import JUDGEMENT_SCHEMA
 
 DEFAULT_MAX_TOKENS = {"transformers": 256, "openai": 2048, "vllm": 2048}  # reasoning judges need room to think
 
@@ -42,6 +43,9 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=positive(float), default=300.0,
                    help="seconds to wait for each answer before retrying it, 4 retries (openai; default: "
                         "%(default)g); a 1-token check request with min(30 s, timeout) goes first")
+    p.add_argument("--no-json-schema", action="store_true",
+                   help="decode freely instead of constraining answers to the judgement JSON schema (transformers, "
+                        "openai); the robust parser reads them")
     p.add_argument("--no-think", action="store_true", help="chat template enable_thinking=False (Qwen3; openai, vllm)")
     p.add_argument("--retry-failed", action="store_true", help="score failure records of --out again")
     p.add_argument("--device", default="cpu", help="device of the transformers backend")
@@ -65,13 +69,14 @@ def make_backend(args: argparse.Namespace) -> JudgeBackend:
     template_kwargs = {"enable_thinking": False} if args.no_think else None
     if args.backend == "transformers":
         return TransformersBackend(args.model, gguf_file=args.gguf_file, device=args.device,
-                                   max_new_tokens=max_tokens, batch_size=args.batch_size)
+                                   max_new_tokens=max_tokens, batch_size=args.batch_size,
+                                   json_schema=None if args.no_json_schema else JUDGEMENT_SCHEMA)
     if not args.model:
         raise InputError(f"--backend {args.backend} needs --model: the served model name (e.g. Qwen/Qwen3-32B)")
     if args.backend == "openai":
         return OpenAICompatibleBackend(args.base_url, args.model, api_key=os.environ.get(args.api_key_env),
                                        timeout=args.timeout, max_tokens=max_tokens,
-                                       chat_template_kwargs=template_kwargs)
+                                       json_schema=not args.no_json_schema, chat_template_kwargs=template_kwargs)
     return VLLMBackend(args.model, max_tokens=max_tokens, chat_template_kwargs=template_kwargs)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hooked_av.model.errors import HookedAVError
+from hooked_av.model.errors import HookedAVError, MissingDependencyError  # noqa: F401 (re-exported)
 
 
 class MalformedJudgeOutput(HookedAVError, ValueError):
@@ -25,10 +25,6 @@ class JudgeBackendError(HookedAVError, RuntimeError):
     def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
         self.status = status
-
-
-class MissingDependencyError(HookedAVError, ImportError):
-    """An optional dependency (e.g. vllm) that a chosen backend needs and that is not installed."""
 
 
 class EvalDataError(HookedAVError, ValueError):

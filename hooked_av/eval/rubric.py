@@ -14,10 +14,15 @@ from dataclasses import dataclass
 
 from hooked_av.eval.errors import EvalDataError
 
-# What every backend is asked to produce; vLLM and OpenAI-compatible servers enforce it with structured output.
+# What every backend is asked to produce and constrains decoding to (vLLM structured outputs, an OpenAI-compatible
+# server's json_schema response_format, xgrammar in the transformers backend). The reasoning is capped at three
+# times the longest few-shot answer: a small model under the constraint otherwise repeats itself until it runs out
+# of tokens inside the string, and the answer never closes.
+MAX_REASONING_CHARS = 400
 JUDGEMENT_SCHEMA: dict = {
     "type": "object",
-    "properties": {"reasoning": {"type": "string"}, "score": {"type": "number", "minimum": 0, "maximum": 1}},
+    "properties": {"reasoning": {"type": "string", "maxLength": MAX_REASONING_CHARS},
+                   "score": {"type": "number", "minimum": 0, "maximum": 1}},
     "required": ["reasoning", "score"],
     "additionalProperties": False,
 }

@@ -56,3 +56,7 @@ def check_layer(layer: int, n_layers: int) -> int:
         raise LayerIndexError(f"layer {layer} is out of range: this model has {n_layers} layers "
                               f"(valid: 0..{n_layers - 1}, or -{n_layers}..-1)")
     return layer % n_layers
+
+
+class MissingDependencyError(HookedAVError, ImportError):
+    """An optional dependency (e.g. vllm) that a chosen backend or engine needs and that is not installed."""
