@@ -187,6 +187,10 @@ def test_study_and_analysis_mistakes_are_one_line_errors(study_inputs, tmp_path,
     assert_one_line_error(code, err, "--model", "--data")
     code, err = run_main(["study", "--model", model, "--out", tmp_path / "s"], capsys)
     assert_one_line_error(code, err, "both --model and --data")
+    code, err = run_main(["study", "--model", model, "--data", manifest, "--out", tmp_path / "s", "--judge",
+                          "keywrds"], capsys)
+    assert_one_line_error(code, err, "--judge 'keywrds'", "invalid choice")
+    assert not (tmp_path / "s").exists()  # refused before anything ran
     code, err = run_main(["attention", "--model", model, "--data", tmp_path / "nope.jsonl", "--out",
                           tmp_path / "a.jsonl"], capsys)
     assert_one_line_error(code, err, "manifest not found", "nope.jsonl")
@@ -218,3 +222,34 @@ def test_the_keyword_judge_command_and_its_failure_records(study_inputs, tmp_pat
 
     failed = KeywordJudge().score_many([JudgeRequest(AUDIO_FIDELITY, ("a sound in the background",), "x")])[0]
     assert failed.status == "failed" and failed.score is None and "no keyword" in failed.error
+
+
+def test_headlines_from_known_score_rows(tmp_path):
+    from hooked_av.study.report import fig2, fig6
+
+    def score(sid, prompt, modality, cf, value, **extra):
+        return {"sample_id": sid, "prompt": prompt, "modality": modality, "caption_model": "m",
+                "caption_model_hash": "h", "counterfactual": cf, "status": "ok" if value is not None else "failed",
+                "score": value, **extra}
+
+    append_rows(tmp_path / RESULT_FILES["caption_scores"], [
+        score("f1", HEAR, "audio", False, 1.0), score("f2", HEAR, "audio", False, 0.5),
+        score("c1", HEAR, "audio", True, None),  # a failure record, then its retry supersedes it
+        score("c1", HEAR, "audio", True, 0.25), score("c2", HEAR, "audio", True, 0.0),
+        score("c3", HEAR, "audio", True, None)])  # a failure that stays one: left out, not a 0
+    lines = {h.measure: h for h in fig2(tmp_path)}
+    assert lines[f"audio fidelity, factual, {HEAR!r}"].value == 0.75
+    assert (lines[f"audio fidelity, counterfactual, {HEAR!r}"].value, lines[f"audio fidelity, counterfactual, "
+                                                                             f"{HEAR!r}"].n) == (0.125, 2)
+    assert lines[f"relative drop of audio fidelity, {HEAR!r}"].value == pytest.approx(1 - 0.125 / 0.75)
+    assert lines[f"audio fidelity, factual, {BOTH!r}"].value is None
+    append_rows(tmp_path / RESULT_FILES["knockout_scores"], [
+        score(sid, HEAR, "audio", True, value, source=source, centre_layer=centre)
+        for sid, source, centre, value in (("c1", "none", None, 0.2), ("c2", "none", None, 0.4),
+                                           ("c1", "video", 0, 0.5), ("c1", "video", 1, 0.9), ("c2", "video", 1, 0.7),
+                                           ("c1", "audio", 0, 0.1), ("c1", "audio", 1, 0.0))])
+    lines = {h.measure: h for h in fig6(tmp_path)}
+    assert lines["counterfactual audio fidelity, no knockout ('Describe what you hear.')"].value == pytest.approx(0.3)
+    best = lines["counterfactual audio fidelity, G↛V, best window (centre layer 1)"]
+    assert (best.value, best.n) == (pytest.approx(0.8), 2)
+    assert lines["counterfactual audio fidelity, G↛A, worst window (centre layer 1)"].value == 0.0

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.patches import Patch
 
 from hooked_av.plot._style import legend_right, plt, save
 from hooked_av.plot.knockout import Z_95
@@ -52,17 +54,18 @@ def plot_fidelity(table: pd.DataFrame, path: str | Path, title: str | None = Non
                     continue
                 row = cell.iloc[0]
                 err = 100 * np.array([[row["mean"] - row.ci_low], [row.ci_high - row["mean"]]]).clip(min=0)
-                ax.bar(x + offset, 100 * row["mean"], width, color=color, yerr=np.nan_to_num(err), capsize=3,
-                       label=setting if x == 0 else None)
-                ax.text(x + offset, 2, f"{100 * row['mean']:.0f}%\nn={int(row.n_samples)}", ha="center",
-                        va="bottom", fontsize=7, color="white")
-        ax.set_xticks(range(len(prompts)), [p.replace(" and ", "\nand ") for p in prompts], fontsize=8)
+                ax.bar(x + offset, 100 * row["mean"], width, color=color, yerr=np.nan_to_num(err), capsize=3)
+                top = 100 * max(row["mean"], row.ci_high if np.isfinite(row.ci_high) else 0)
+                ax.text(x + offset, min(top, 88) + 1.5, f"{100 * row['mean']:.0f}%\nn={int(row.n_samples)}",
+                        ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(prompts)), [textwrap.fill(p, 16) for p in prompts], fontsize=8)
+        ax.set_xlim(-0.6, max(len(prompts), 1) - 0.4)
         ax.set_title(MODALITY_TITLES[modality], fontsize=9)
         if panel.empty:
             ax.text(0.5, 0.5, "no scores", ha="center", va="center", transform=ax.transAxes, color="gray")
     axes[0, 0].set_ylabel("mean score (%)")
     axes[0, 0].set_ylim(0, 100)
-    legend_right(axes[0, -1], fontsize=8)
+    legend_right(axes[0, -1], handles=[Patch(color=c, label=s) for s, c in SETTING_COLORS.items()], fontsize=8)
     fig.suptitle(f"{title or 'Audio understanding: factual vs counterfactual samples'}\n"
                  "mean ± 95% CI over samples", fontsize=10)
     return save(fig, path, table)

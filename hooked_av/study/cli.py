@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import shlex
 from pathlib import Path
 
@@ -77,7 +79,16 @@ def study_cmd(args: argparse.Namespace) -> int:
 
 
 def check_judge_options(judge: tuple[str, ...]) -> None:
-    """Parse the judge options as `hooked-av judge` will, before any model loads (argparse names a bad one)."""
+    """Parse the judge options as `hooked-av judge` will, before any model loads; InputError with argparse's
+    message when one is wrong."""
     from hooked_av.cli import build_parser
+    from hooked_av.model.errors import InputError
 
-    build_parser().parse_args(["judge", "--manifest", "m", "--captions", "c", "--out", "o", "--backend", *judge])
+    messages = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(messages):
+            build_parser().parse_args(["judge", "--manifest", "m", "--captions", "c", "--out", "o", "--backend",
+                                       *judge])
+    except SystemExit:
+        reason = messages.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]
+        raise InputError(f"--judge {shlex.join(judge)!r}: {reason} (the options of `hooked-av judge`)") from None

@@ -126,24 +126,25 @@ def fig6(out: Path) -> list[Headline]:
         return []
     table = knockout_score_table(rows)
     lines = []
-    cases = (("counterfactual", "audio", "video", max, "rises: recovers ≈50% relative in the final layers"),
-             ("counterfactual", "audio", "audio", min, "falls: loses up to ≈50% relative in the final layers"),
-             ("counterfactual", "video", "video", min, "falls ≈40% in the final layers"),
-             ("factual", "audio", "video", min, "falls ≈10%"),
-             ("factual", "video", "video", min, "falls ≈10% from the middle layers (L15)"))
-    for setting, task, source, pick, paper in cases:
+    # per panel (setting, task): the knockouts the paper describes, the window picked, what the paper saw
+    panels = {("counterfactual", "audio"): (("video", max, "rises: recovers ≈50% relative in the final layers"),
+                                            ("audio", min, "falls: loses up to ≈50% relative in the final layers")),
+              ("counterfactual", "video"): (("video", min, "falls ≈40% in the final layers"),),
+              ("factual", "audio"): (("video", min, "falls ≈10%"), ("audio", min, "falls only ≈10%")),
+              ("factual", "video"): (("video", min, "falls ≈10% from the middle layers (L15)"),)}
+    for (setting, task), cases in panels.items():
         part = table[(table.setting == setting) & (table.task == task)]
-        base = part[part.source == "none"].score
+        base = part[part.source == "none"]
         lines.append(Headline(f"{setting} {task} fidelity, no knockout ({TASK_PROMPTS[task]!r})",
-                              float(base.mean()) if len(base) else None, "—", part[part.source == "none"]
-                              .sample_id.nunique()))
-        curve = part[part.source == source].groupby("centre_layer").score.mean()
-        if len(curve):
-            centre = int(curve.idxmax() if pick is max else curve.idxmin())
-            word = "best" if pick is max else "worst"
-            lines.append(Headline(f"{setting} {task} fidelity, G↛{source[0].upper()}, {word} window (centre layer "
-                                  f"{centre})", float(curve[centre]), paper,
-                                  part[part.source == source].sample_id.nunique()))
+                              float(base.score.mean()) if len(base) else None, "—", base.sample_id.nunique()))
+        for source, pick, paper in cases:
+            blocked = part[part.source == source]
+            curve = blocked.groupby("centre_layer").score.mean()
+            if len(curve):
+                centre = int(curve.idxmax() if pick is max else curve.idxmin())
+                lines.append(Headline(f"{setting} {task} fidelity, G↛{source[0].upper()}, "
+                                      f"{'best' if pick is max else 'worst'} window (centre layer {centre})",
+                                      float(curve[centre]), paper, blocked.sample_id.nunique()))
     return lines
 
 
@@ -183,8 +184,9 @@ def write_report(inputs: StudyInputs, config: StudyConfig, out: Path, commands: 
                "commands": [str(c) for c in commands]}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     text = [f"# hooked-av study of `{inputs.model}`", "",
-            f"Samples: `{inputs.data}` (the first {config.samples or 'all'} factual and counterfactual rows, in "
-            f"`{out / 'manifest.jsonl'}`); judge: `{' '.join(config.judge)}`"
+            f"Samples: `{inputs.data}` ("
+            + (f"the first {config.samples} factual and the first {config.samples} counterfactual rows"
+               if config.samples else "every row") + f", in `{out / 'manifest.jsonl'}`); judge: `{' '.join(config.judge)}`"
             + (" (the deterministic keyword scorer, not the paper's LLM judge)" if config.judge[0] == "keywords"
                else "") + ". Paper: Qwen2.5-Omni 3B with a Qwen3-32B judge. Percentages are mean scores (or "
             "shares) over the samples; n counts samples (tokens for Fig. 7).", ""]
