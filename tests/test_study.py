@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from hooked_av import InputError
 from hooked_av.cli import main
@@ -253,3 +254,46 @@ def test_headlines_from_known_score_rows(tmp_path):
     best = lines["counterfactual audio fidelity, G↛V, best window (centre layer 1)"]
     assert (best.value, best.n) == (pytest.approx(0.8), 2)
     assert lines["counterfactual audio fidelity, G↛A, worst window (centre layer 1)"].value == 0.0
+
+
+def test_the_row_files_hold_what_the_in_memory_analyses_return(omni, tmp_path):
+    from hooked_av.analysis.attention import attention_over_samples, attention_run, load_attention_rows
+    from hooked_av.analysis.logit_lens import latent_words_run, lens_from_row, logit_lens
+    from hooked_av.analysis.token_shift import load_token_shift_rows, token_shift_over_samples, token_shift_run
+    from hooked_av.data.manifest import ManifestRow, load_sample, sample_inputs
+
+    _, _, model = omni
+    write_clip(tmp_path / "a.mp4", seconds=1.0)
+    rows = [ManifestRow("s1", tmp_path / "a.mp4", "video", ["a tone"])]
+    attention_run(model, rows, tmp_path / "attention.jsonl", max_new_tokens=3)
+    [stored], [direct] = load_attention_rows(tmp_path / "attention.jsonl"), attention_over_samples(
+        model, rows, max_new_tokens=3)
+    assert stored.groups == direct.groups and torch.allclose(stored.shares, direct.shares)
+    token_shift_run(model, model, rows, tmp_path / "shift.jsonl", max_new_tokens=3)
+    [stored], [direct] = load_token_shift_rows(tmp_path / "shift.jsonl"), token_shift_over_samples(
+        model, model, rows, max_new_tokens=3)
+    assert stored.response_ids.tolist() == direct.response_ids.tolist()
+    assert torch.equal(stored.kl_base_av, direct.kl_base_av) and torch.equal(stored.base_rank, direct.base_rank)
+    latent_words_run(model, rows, tmp_path / "lens.jsonl", table=True, last_layers=1)
+    [row] = iter_rows(tmp_path / "lens.jsonl")
+    sample = load_sample(rows[0])
+    lens = logit_lens(model, model.prepare_inputs("Describe what you see and hear.", **sample_inputs(sample)),
+                      top_k=1)
+    again = lens_from_row(row)
+    assert again.top1() == lens.top1() and torch.equal(again.top_ids, lens.top_ids)
+    assert row["words"] == lens.words(last_layers=1) and again.input_tokens == lens.input_tokens
+
+
+def test_a_bare_study_runs_on_the_default_provider(monkeypatch):
+    import argparse
+
+    from hooked_av.study import run
+    from hooked_av.study.cli import study_inputs
+
+    bare = argparse.Namespace(model=None, data=None, base_model=None)
+    with pytest.raises(InputError, match="needs --model"):
+        study_inputs(bare)
+    monkeypatch.setattr(run, "default_inputs", lambda: StudyInputs("organism", Path("set.jsonl"), "twin"))
+    assert study_inputs(bare) == StudyInputs("organism", Path("set.jsonl"), "twin")
+    assert study_inputs(argparse.Namespace(model=None, data=None, base_model="vl")).base_model == "vl"
+    assert study_inputs(argparse.Namespace(model="m", data=Path("d"), base_model=None)) == StudyInputs("m", Path("d"))
