@@ -82,8 +82,8 @@ def test_the_study_writes_every_figure_and_the_results(study_run):
     studied = {r["sample_id"] for r in iter_rows(study_run / "manifest.jsonl")}
     assert studied == {"f1", "c1"}  # --samples 1: the first factual and the first counterfactual row
     captions = rows(study_run, "captions")
-    assert {(r["sample_id"], r["prompt"]) for r in captions} == {(s, p) for s in studied for p in (BOTH, HEAR,
-                                                                                                  "Describe what you see.")}
+    prompts = (BOTH, HEAR, "Describe what you see.")
+    assert {(r["sample_id"], r["prompt"]) for r in captions} == {(s, p) for s in studied for p in prompts}
     assert {r["sample_id"] for r in rows(study_run, "attention")} == studied
     assert {r["sample_id"] for r in rows(study_run, "logit_lens")} == studied
     assert {r["sample_id"] for r in rows(study_run, "token_shift")} == studied
@@ -141,7 +141,8 @@ def test_the_report_numbers_are_those_of_the_rows(study_run):
     for figure, lines in summary["figures"].items():
         assert lines, figure
         for h in lines:  # every number is in the report, on its measure's line, next to the paper's
-            shown = "—" if h["value"] is None else (f"{100 * h['value']:.1f}%" if h["percent"] else f"{h['value']:.3f}")
+            shown = ("—" if h["value"] is None else f"{100 * h['value']:.1f}%" if h["percent"]
+                     else f"{h['value']:.3f}")
             assert f"| {h['measure']} | {shown} | {h['paper']} | {h['n']} |" in report
     assert "hooked-av attention --model" in report and "hooked-av judge" in report
 
@@ -166,7 +167,8 @@ def test_a_rerun_redoes_only_what_is_missing(study_run, study_inputs, monkeypatc
     files = {name: (study_run / filename).read_bytes() for name, filename in RESULT_FILES.items()}
     calls = []
     prepare = HookedAVModel.prepare_inputs
-    monkeypatch.setattr(HookedAVModel, "prepare_inputs", lambda self, *a, **k: calls.append(1) or prepare(self, *a, **k))
+    monkeypatch.setattr(HookedAVModel, "prepare_inputs",
+                        lambda self, *a, **k: calls.append(1) or prepare(self, *a, **k))
     # a killed run: the last caption and the last attention row never made it to disk
     for name in ("captions", "attention"):
         lines = files[name].decode().splitlines(keepends=True)

@@ -186,7 +186,8 @@ def write_report(inputs: StudyInputs, config: StudyConfig, out: Path, commands: 
     text = [f"# hooked-av study of `{inputs.model}`", "",
             f"Samples: `{inputs.data}` ("
             + (f"the first {config.samples} factual and the first {config.samples} counterfactual rows"
-               if config.samples else "every row") + f", in `{out / 'manifest.jsonl'}`); judge: `{' '.join(config.judge)}`"
+               if config.samples else "every row")
+            + f", in `{out / 'manifest.jsonl'}`); judge: `{' '.join(config.judge)}`"
             + (" (the deterministic keyword scorer, not the paper's LLM judge)" if config.judge[0] == "keywords"
                else "") + ". Paper: Qwen2.5-Omni 3B with a Qwen3-32B judge. Percentages are mean scores (or "
             "shares) over the samples; n counts samples (tokens for Fig. 7).", ""]
