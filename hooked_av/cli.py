@@ -52,9 +52,12 @@ def describe_inputs(args: argparse.Namespace) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from hooked_av.analysis.cli import add_subcommands as add_analysis_commands
     from hooked_av.data.cli import add_dtype_option, positive
     from hooked_av.data.cli import add_subcommands as add_data_commands
     from hooked_av.eval.cli import add_subcommands as add_eval_commands
+    from hooked_av.plot.cli import add_subcommands as add_plot_commands
+    from hooked_av.study.cli import add_subcommands as add_study_commands
 
     parser = argparse.ArgumentParser(prog="hooked-av", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
@@ -75,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=demo)
     add_data_commands(sub)
     add_eval_commands(sub)
+    add_analysis_commands(sub)
+    add_plot_commands(sub)
+    add_study_commands(sub)
     # `hooked-av COMMAND ... --debug` works too, for every command (an alias shares its command's parser)
     for command in {id(p): p for p in sub.choices.values()}.values():
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -104,8 +110,8 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         if args.debug:
             raise
-        print("hooked-av: interrupted; run the same command again: caption and judge resume where they stopped",
-              file=sys.stderr)
+        print("hooked-av: interrupted; run the same command again: every command that writes rows resumes where it "
+              "stopped", file=sys.stderr)
         return 130
 
 

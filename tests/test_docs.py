@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from pathlib import Path
 
@@ -60,3 +61,17 @@ def test_the_readme_says_what_the_demo_runs_on(capsys):
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert "synthetic random frames and a synthetic tone" in readme
     assert "captions a clip" not in readme.split("With a real checkpoint")[0]
+
+
+def test_the_docs_site_builds_strict(tmp_path):
+    """`mkdocs build --strict`: a broken link or anchor, a page missing from the nav, fails."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file",
+                           str(ROOT / "mkdocs.yml"), "--site-dir", str(tmp_path / "site")],
+                          capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    built = {p.relative_to(tmp_path / "site").as_posix() for p in (tmp_path / "site").rglob("index.html")}
+    assert {"index.html", "study/index.html", "analyses/knockout/index.html", "benchmarks/index.html"} <= built
+

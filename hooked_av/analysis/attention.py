@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from hooked_av.analysis.samples import decoded_samples
+from hooked_av.analysis.samples import decoded_samples, todo_rows
+from hooked_av.data.jsonl import append_rows, iter_rows
 from hooked_av.data.manifest import ManifestRow, sample_inputs
 from hooked_av.model.errors import check_layer
 from hooked_av.model.modality import Modality
@@ -111,6 +113,36 @@ def attention_over_samples(model, rows: Iterable[ManifestRow], *, prompt: str = 
         result = attention_by_modality(model, batch, max_new_tokens=max_new_tokens, **kwargs)
         result.sample_id = sample.sample_id
         results.append(result)
+    return results
+
+
+def attention_run(model, rows: Iterable[ManifestRow], out_path: str | Path, *,
+                  prompt: str = "Describe what you see and hear.", max_new_tokens: int = 32, fps: float = 2.0,
+                  sampling_rate: int = 16000, **kwargs: Any) -> Path:
+    """`attention_over_samples`, one JSONL row per sample written as it is done (sample_id, prompt, layers,
+    groups, shares [layer][group], n_queries, generated_text); rerunning skips the samples already in the file.
+    `load_attention_rows` reads the rows back for `aggregate_attention`."""
+    out_path = Path(out_path)
+    todo = todo_rows(rows, out_path, prompt)
+    for sample in decoded_samples(todo, "attention by modality", fps, sampling_rate):
+        batch = model.prepare_inputs(prompt, **sample_inputs(sample), fps=fps)
+        result = attention_by_modality(model, batch, max_new_tokens=max_new_tokens, **kwargs)
+        append_rows(out_path, [{"sample_id": sample.sample_id, "prompt": prompt, "layers": result.layers,
+                                "groups": result.groups, "shares": result.shares.tolist(),
+                                "n_queries": result.n_queries, "generated_text": result.generated_text[0]}])
+    return out_path
+
+
+def load_attention_rows(path: str | Path, prompt: str | None = None) -> list[ModalityAttention]:
+    """The rows of `attention_run` (those of one prompt, if given) as ModalityAttention results (the per-head
+    detail is not stored: each row holds its head-mean shares)."""
+    results = []
+    for row in iter_rows(path):
+        if prompt is None or row["prompt"] == prompt:
+            shares = torch.tensor(row["shares"], dtype=torch.float32)
+            results.append(ModalityAttention(groups=row["groups"], layers=row["layers"], per_head=shares[:, None],
+                                             group_sizes=[], n_queries=row["n_queries"],
+                                             generated_text=[row["generated_text"]], sample_id=row["sample_id"]))
     return results
 
 

@@ -158,20 +158,23 @@ def logit_lens(model, batch: Any = None, *, cache=None, positions: str | Sequenc
 
 def latent_words_run(model, rows: Iterable[ManifestRow], out_path: str | Path, *,
                      prompt: str = "Describe what you see and hear.", last_layers: int = 5, top_k: int = 1,
-                     fps: float = 2.0, sampling_rate: int = 16000, **prepare_kwargs: Any) -> Path:
+                     fps: float = 2.0, sampling_rate: int = 16000, table: bool = False,
+                     **prepare_kwargs: Any) -> Path:
     """For each sample, the logit-lens words at its audio positions over the last layers, one JSONL row each.
 
     Rows (sample_id, prompt, words, last_layers, top_k) are what `hooked_av.eval.score_captions(...,
     modalities=("latent_audio",))` scores against the audio captions: the paper's latent audio understanding.
     rows: manifest rows (`hooked_av.data.manifest.read_manifest`), as `caption_manifest` and `knockout_sweep` take
     them; sample ids must be unique. Resumable: samples already in the file are skipped; unreadable ones go to
-    `<out>.errors.jsonl`.
+    `<out>.errors.jsonl`. table=True decodes every layer and adds the top-1 table of Fig. 5 to each row (layers,
+    positions, input_tokens, top1_ids, top1, top1_prob: [layer][position]), which `lens_from_row` turns back into
+    a LogitLensResult for `plot_logit_lens`; the words are still those of the last `last_layers` layers.
     """
     rows = list(rows)
     check_unique_ids(rows)
     out_path = Path(out_path)
     done = read_done(out_path, key=lambda r: (r["sample_id"], r["prompt"]))
-    layers = range(max(0, model.cfg.n_layers - last_layers), model.cfg.n_layers)
+    layers = range(0 if table else max(0, model.cfg.n_layers - last_layers), model.cfg.n_layers)
     with logging_redirect_tqdm():
         for row in tqdm(rows, desc="latent words", unit="sample"):
             if (row.sample_id, prompt) in done:
@@ -187,5 +190,24 @@ def latent_words_run(model, rows: Iterable[ManifestRow], out_path: str | Path, *
             lens = logit_lens(model, batch, positions="audio", layers=layers, top_k=top_k)
             append_rows(out_path, [{"sample_id": row.sample_id, "prompt": prompt,
                                     "words": lens.words(last_layers, top_k), "last_layers": last_layers,
-                                    "top_k": top_k}])
+                                    "top_k": top_k, **(top1_table(lens) if table else {})}])
     return out_path
+
+
+def top1_table(lens: LogitLensResult) -> dict[str, Any]:
+    """The top-1 cells of a result as JSON fields (what `lens_from_row` reads)."""
+    return {"layers": lens.layers, "positions": lens.positions.tolist(), "input_tokens": lens.input_tokens,
+            "top1_ids": lens.top_ids[:, :, 0].tolist(), "top1": lens.top1(),
+            "top1_prob": lens.top_probs[:, :, 0].tolist()}
+
+
+def lens_from_row(row: dict[str, Any]) -> LogitLensResult:
+    """A `latent_words_run(..., table=True)` row as a top-1 LogitLensResult (k = 1)."""
+    if "top1" not in row:
+        raise InputError(f"the logit-lens row of sample {row.get('sample_id')!r} has no top-1 table: it was written "
+                         "without table=True (on the command line: without --table)")
+    return LogitLensResult(layers=row["layers"], positions=torch.tensor(row["positions"], dtype=torch.long),
+                           top_ids=torch.tensor(row["top1_ids"], dtype=torch.long)[:, :, None],
+                           top_probs=torch.tensor(row["top1_prob"])[:, :, None],
+                           tokens=[[[text] for text in layer] for layer in row["top1"]],
+                           input_tokens=row["input_tokens"])

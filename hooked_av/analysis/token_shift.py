@@ -11,13 +11,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from hooked_av.analysis.samples import decoded_samples
+from hooked_av.analysis.samples import decoded_samples, todo_rows
+from hooked_av.data.jsonl import append_rows, iter_rows
 from hooked_av.data.manifest import ManifestRow, sample_inputs
 from hooked_av.model.errors import InputError
 
@@ -167,6 +169,32 @@ def token_shift_over_samples(av_model, base_model, rows: Iterable[ManifestRow], 
         result.sample_id = sample.sample_id
         results.append(result)
     return results
+
+
+def token_shift_run(av_model, base_model, rows: Iterable[ManifestRow], out_path: str | Path, *,
+                    instruction: str = "Describe what you hear.", fps: float = 2.0, sampling_rate: int = 16000,
+                    **kwargs: Any) -> Path:
+    """`token_shift_over_samples`, one JSONL row per sample written as it is done (sample_id, prompt: the
+    instruction, token_ids, tokens, kl_av_base, kl_base_av, base_rank, selected: per response token); rerunning
+    skips the samples already in the file. `load_token_shift_rows` reads them back for `aggregate_shift`."""
+    out_path = Path(out_path)
+    todo = todo_rows(rows, out_path, instruction)
+    for sample in decoded_samples(todo, "token shift", fps, sampling_rate):
+        r = token_shift(av_model, base_model, **sample_inputs(sample), instruction=instruction, fps=fps, **kwargs)
+        append_rows(out_path, [{"sample_id": sample.sample_id, "prompt": instruction,
+                                "token_ids": r.response_ids.tolist(), "tokens": r.token_strings,
+                                "kl_av_base": r.kl_av_base.tolist(), "kl_base_av": r.kl_base_av.tolist(),
+                                "base_rank": r.base_rank.tolist(), "selected": r.selected.tolist()}])
+    return out_path
+
+
+def load_token_shift_rows(path: str | Path) -> list[TokenShiftResult]:
+    """The rows of `token_shift_run` as TokenShiftResults."""
+    return [TokenShiftResult(row["prompt"], torch.tensor(row["token_ids"], dtype=torch.long), row["tokens"],
+                             torch.tensor(row["kl_av_base"]), torch.tensor(row["kl_base_av"]),
+                             torch.tensor(row["base_rank"], dtype=torch.long),
+                             torch.tensor(row["selected"], dtype=torch.bool), sample_id=row["sample_id"])
+            for row in iter_rows(path)]
 
 
 class ShiftSummary(dict):

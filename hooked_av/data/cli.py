@@ -4,10 +4,12 @@ docs/data.md)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from hooked_av.data.manifest import PAPER_PROMPTS
 
@@ -188,8 +190,33 @@ def caption_engine(args: argparse.Namespace):
     return load_model(args)
 
 
+# While `models_kept()` is active, load_model returns the model it loaded before for the same (model, dtype,
+# device): `hooked-av study` runs its commands in one process and loads each checkpoint once.
+_KEPT: dict[tuple, Any] | None = None
+
+
+@contextlib.contextmanager
+def models_kept() -> Iterator[None]:
+    global _KEPT
+    outer, _KEPT = _KEPT, {} if _KEPT is None else _KEPT
+    try:
+        yield
+    finally:
+        _KEPT = outer
+
+
 def load_model(args: argparse.Namespace):
     """The model of --model (a checkpoint folder, or 'tiny': the offline random-weight Omni thinker)."""
+    key = (str(args.model), getattr(args, "dtype", None), args.device)
+    if _KEPT is not None and key in _KEPT:
+        return _KEPT[key]
+    model = _load_model(args)
+    if _KEPT is not None:
+        _KEPT[key] = model
+    return model
+
+
+def _load_model(args: argparse.Namespace):
     import torch
 
     from hooked_av import HookedAVModel

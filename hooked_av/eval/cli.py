@@ -15,6 +15,8 @@ from hooked_av.eval.backends import JudgeBackend, OpenAICompatibleBackend, Trans
 from hooked_av.eval.rubric import JUDGEMENT_SCHEMA
 
 DEFAULT_MAX_TOKENS = {"transformers": 256, "openai": 2048, "vllm": 2048}  # reasoning judges need room to think
+# "keywords": the deterministic keyword scorer (hooked_av.eval.keywords), for closed-vocabulary captions
+BACKENDS = (*sorted(DEFAULT_MAX_TOKENS), "keywords")
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +28,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--captions", required=True,
                    help="captions JSONL of `hooked-av caption` (sample_id, prompt, caption, model, model_hash)")
     p.add_argument("--out", required=True, help="score JSONL, appended to; rows already there are skipped")
-    p.add_argument("--backend", choices=sorted(DEFAULT_MAX_TOKENS), default="transformers")
+    p.add_argument("--backend", choices=BACKENDS, default="transformers",
+                   help="keywords: the deterministic keyword scorer, no LLM (closed-vocabulary captions)")
     p.add_argument("--model", help="judge model: local folder or HF id (transformers, vllm), served model name "
                                    "(openai); default for transformers: the embedded SmolLM2-135M-Instruct")
     p.add_argument("--gguf-file", help="GGUF file inside --model (transformers)")
@@ -80,17 +83,28 @@ def make_backend(args: argparse.Namespace) -> JudgeBackend:
     return VLLMBackend(args.model, max_tokens=max_tokens, chat_template_kwargs=template_kwargs)
 
 
-def run_judge(args: argparse.Namespace) -> int:
+def make_judge(args: argparse.Namespace, out: str | Path):
+    """The judge of the `judge` options: a cached Judge on the backend, or the keyword scorer."""
     from hooked_av.eval.judge import Judge
+    from hooked_av.eval.keywords import KeywordJudge
+
+    if args.backend == "keywords":
+        return KeywordJudge()
+    return Judge(make_backend(args), cache=args.cache or f"{out}.cache.jsonl", max_attempts=args.max_attempts,
+                 batch_size=args.batch_size)
+
+
+def run_judge(args: argparse.Namespace) -> int:
     from hooked_av.eval.scores import score_captions
 
-    cache = args.cache or f"{args.out}.cache.jsonl"
-    judge = Judge(make_backend(args), cache=cache, max_attempts=args.max_attempts, batch_size=args.batch_size)
+    judge = make_judge(args, args.out)
     summary = score_captions(args.manifest, args.captions, args.out, judge, modalities=args.modalities,
                              retry_failed=args.retry_failed)
+    generated = ("" if args.backend == "keywords" else f"; {judge.stats.prompts_sent} prompts generated, "
+                 f"{judge.stats.cache_hits} answers from {judge.cache.path}")
     print(f"judge {judge.model_name}: {summary.scored} scored, {summary.failed} failure records, "
-          f"{summary.skipped_existing} already in {args.out}, {summary.missing_reference} without a reference; "
-          f"{judge.stats.prompts_sent} prompts generated, {judge.stats.cache_hits} answers from {cache}")
+          f"{summary.skipped_existing} already in {args.out}, {summary.missing_reference} without a reference"
+          + generated)
     return 0
 
 

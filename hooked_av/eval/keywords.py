@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from hooked_av.eval.errors import EvalDataError
+from hooked_av.eval.judge import FAILED, OK, JudgeRequest, JudgeResult, JudgeStats
 
 WORD = re.compile(r"[^\W\d_]+")
 STOPWORDS = frozenset("""
@@ -121,3 +122,32 @@ def keyword_score(caption: str, references: Sequence[str], *, synonyms: Mapping[
     matched = sorted(keywords & found)
     return KeywordScore(score=len(matched) / len(keywords), keywords=tuple(sorted(keywords)),
                         matched=tuple(matched), missing=tuple(sorted(keywords - found)))
+
+
+class KeywordJudge:
+    """The keyword scorer in the place of an LLM judge (`score_captions(..., judge=KeywordJudge())`,
+    `hooked-av judge --backend keywords`): each request's score is `keyword_score(candidate, references)`, its
+    reasoning the matched and missing keywords. References with no keyword give a failure record, never a 0.
+    Deterministic and offline; for closed-vocabulary captions (a synthetic world), not the paper's LLM judge."""
+
+    model_name = "keywords"
+
+    def __init__(self, synonyms: Mapping[str, str] | None = None, min_support: int = 2):
+        self.synonyms, self.min_support = synonyms, min_support
+        self.stats = JudgeStats()
+
+    def check(self) -> None:
+        """Nothing to reach: the scorer is local."""
+
+    def score_many(self, requests: Sequence[JudgeRequest]) -> list[JudgeResult]:
+        results = []
+        for request in requests:
+            try:
+                found = keyword_score(request.candidate, request.references, synonyms=self.synonyms,
+                                      min_support=self.min_support)
+            except EvalDataError as err:
+                results.append(JudgeResult(FAILED, None, None, self.model_name, 1, error=str(err)))
+                continue
+            results.append(JudgeResult(OK, found.score, f"matched {list(found.matched)}, missing "
+                                                         f"{list(found.missing)}", self.model_name, 1))
+        return results
