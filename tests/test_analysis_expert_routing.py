@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 
@@ -69,3 +70,5 @@ def test_expert_routing_figure(q3omni, q3_batches, tmp_path):
     result = expert_routing(model, q3_batches["audio+video"], max_new_tokens=3, stop_token_ids=[])
     assert len(result.to_frame()) == 4 * 5 * 8
     assert_png(plot_expert_routing(result, tmp_path / "experts.png"))
+    table = pd.read_csv(tmp_path / "experts.csv")
+    assert table["share"].tolist() == pytest.approx(result.to_frame()["share"].tolist())

@@ -125,18 +125,21 @@ def factual_rows(out_dir: Path, n: int, world_seed: int) -> list[ManifestRow]:
 
 
 def export_testset(out_dir: str | Path, n: int = 200, world_seed: int = 0) -> Path:
-    """Write n factual clips and, by Algorithm 1, n counterfactual ones; returns `out_dir/manifest.jsonl`.
+    """Write n factual clips and, by Algorithm 1, n counterfactual ones; returns `out_dir/set/manifest.jsonl`.
 
-    The folder is reused when it already holds the same set (its testset.json matches).
+    The rendered factual clips go to `out_dir/source/` and the counterfactual set (self-contained: it links the
+    factual clips in) to `out_dir/set/`. The folder is reused when it already holds the same set (its
+    testset.json matches).
     """
     out_dir = Path(out_dir)
-    stamp = {"n": n, "world_seed": world_seed, "version": 2}
+    stamp = {"n": n, "world_seed": world_seed, "version": 3}
     stamp_path = out_dir / "testset.json"
-    if (out_dir / MANIFEST).is_file() and stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp:
-        return out_dir / MANIFEST
-    rows = factual_rows(out_dir, n, world_seed)
-    write_manifest(out_dir / "factual.jsonl", rows)
-    built: CounterfactualSet = build_counterfactuals(rows, k=n, out_dir=out_dir, embedder=ClassEmbedder())
+    manifest = out_dir / "set" / MANIFEST
+    if manifest.is_file() and stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp:
+        return manifest
+    rows = factual_rows(out_dir / "source", n, world_seed)
+    write_manifest(out_dir / "source" / "factual.jsonl", rows)
+    built: CounterfactualSet = build_counterfactuals(rows, k=n, out_dir=out_dir / "set", embedder=ClassEmbedder())
     stamp_path.write_text(json.dumps(stamp) + "\n", encoding="utf-8")
     return built.manifest
 

@@ -14,7 +14,8 @@ from hooked_av.plot._style import plt, save
 def plot_expert_routing(result: ExpertRouting, path: str | Path, groups: tuple[str, ...] | None = None,
                         overlap: tuple[str, str] = ("audio", "video"), title: str | None = None) -> Path:
     """Heatmaps of the fraction of each group's tokens routed to each expert (rows: layers), then the histogram
-    intersection of two groups' expert distributions per layer (when both groups have tokens)."""
+    intersection of two groups' expert distributions per layer (when both groups have tokens); the long table
+    (`result.to_frame()`) is written next to it as CSV."""
     groups = groups or tuple(g for g, n in zip(result.groups, result.n_tokens) if n > 0)
     with_overlap = all(result.n_tokens[result.groups.index(g)] > 0 for g in overlap)
     n_panels = len(groups) + int(with_overlap)
@@ -38,4 +39,4 @@ def plot_expert_routing(result: ExpertRouting, path: str | Path, groups: tuple[s
         ax.set_ylabel("layer")
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title or "Expert routing by modality", fontsize=11)
-    return save(fig, path)
+    return save(fig, path, result.to_frame())
