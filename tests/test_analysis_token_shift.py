@@ -71,6 +71,9 @@ def test_lexicon_selector_marks_whole_words():
     assert select(["A", " sir", "en", " and", " a", " dog", "gy"]) == [False, True, True, False, False, False,
                                                                        False]
     assert select(["dog", "!"]) == [True, False]
+    # a word-level vocabulary (the model organism's): tokens carry no spaces, each is a word
+    assert select(["i", "hear", "a", "dog", "."]) == [False, False, False, True, False]
+    assert select(["hot", "dog", "gy"]) == [False, True, False]
 
 
 def test_over_manifest_rows_with_a_progress_bar(omni, vl, tmp_path, capsys):

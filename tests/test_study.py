@@ -14,6 +14,7 @@ import torch
 from hooked_av import InputError
 from hooked_av.cli import main
 from hooked_av.data.jsonl import append_rows, iter_rows
+from hooked_av.data.manifest import read_manifest
 from hooked_av.eval.keywords import keyword_score
 from hooked_av.model.hooked_av_model import HookedAVModel
 from hooked_av.plot.files import FIGURE_FILES, RESULT_FILES
@@ -286,16 +287,19 @@ def test_the_row_files_hold_what_the_in_memory_analyses_return(omni, tmp_path):
     assert row["words"] == lens.words(last_layers=1) and again.input_tokens == lens.input_tokens
 
 
-def test_a_bare_study_runs_on_the_default_provider(monkeypatch):
+def test_a_bare_study_runs_on_the_organism(monkeypatch, tmp_path):
     import argparse
 
-    from hooked_av.study import run
+    from hooked_av.organism import shipped_organism, shipped_twin
     from hooked_av.study.cli import study_inputs
 
-    bare = argparse.Namespace(model=None, data=None, base_model=None)
-    with pytest.raises(InputError, match="needs --model"):
-        study_inputs(bare)
-    monkeypatch.setattr(run, "default_inputs", lambda: StudyInputs("organism", Path("set.jsonl"), "twin"))
-    assert study_inputs(bare) == StudyInputs("organism", Path("set.jsonl"), "twin")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr("hooked_av.study.run.ORGANISM_SET_SIZE", 4)
+    bare = study_inputs(argparse.Namespace(model=None, data=None, base_model=None))
+    assert (bare.model, bare.base_model) == (str(shipped_organism()), str(shipped_twin()))
+    rows = read_manifest(bare.data)
+    assert bare.data.is_relative_to(tmp_path) and len(rows) == 8 and sum(r.counterfactual for r in rows) == 4
     assert study_inputs(argparse.Namespace(model=None, data=None, base_model="vl")).base_model == "vl"
     assert study_inputs(argparse.Namespace(model="m", data=Path("d"), base_model=None)) == StudyInputs("m", Path("d"))
+    with pytest.raises(InputError, match="needs both --model and --data"):
+        study_inputs(argparse.Namespace(model="m", data=None, base_model=None))

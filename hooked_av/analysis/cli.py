@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hooked_av.analysis.knockout import PAPER_PROMPTS, TASK_PROMPTS
+from hooked_av.analysis.knockout import TASK_PROMPTS
+from hooked_av.data.manifest import PAPER_PROMPTS
 from hooked_av.data.cli import add_dtype_option, positive
 
 PROMPT_BOTH, PROMPT_SEE, PROMPT_HEAR = PAPER_PROMPTS

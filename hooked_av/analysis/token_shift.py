@@ -25,7 +25,7 @@ from hooked_av.model.errors import InputError
 
 # A default lexicon of sound sources and events (AudioCaps-style vocabulary); pass your own or a callback.
 SOUND_EVENT_WORDS = frozenset("""
-siren sirens alarm alarms bell bells ring ringing horn horns honk honking beep beeping buzz buzzing whistle
+siren sirens thump thumps thumping alarm alarms bell bells ring ringing horn horns honk honking beep beeping buzz buzzing whistle
 whistling engine engines motor motors revving rev idling accelerating car cars truck trucks vehicle vehicles
 motorcycle train trains helicopter helicopters aircraft airplane plane jet drill drilling hammer hammering saw
 sawing typing keyboard click clicking knock knocking door doors footsteps steps wind rain thunder water waves
@@ -74,10 +74,14 @@ def bucket(rank: int) -> str:
 
 
 def lexicon_selector(words: frozenset[str] = SOUND_EVENT_WORDS) -> Callable[[list[str]], list[bool]]:
-    """Select tokens belonging to a word of the lexicon (words are rebuilt from the token strings)."""
+    """Select tokens belonging to a word of the lexicon (words are rebuilt from the token strings).
+
+    Byte-level BPE tokens carry their leading spaces, so joining them rebuilds the text; a word-level vocabulary's
+    tokens carry none (no token starts with a space), so each token is a word of its own."""
 
     def select(token_strings: list[str]) -> list[bool]:
-        text = "".join(token_strings)
+        sep = "" if any(s[:1].isspace() for s in token_strings) else " "
+        text = sep.join(token_strings)
         selected_chars = [False] * len(text)
         for match in re.finditer(r"[^\W\d_]+", text):
             if match.group().lower() in words:
@@ -85,7 +89,7 @@ def lexicon_selector(words: frozenset[str] = SOUND_EVENT_WORDS) -> Callable[[lis
         out, start = [], 0
         for s in token_strings:
             out.append(any(selected_chars[start:start + len(s)]))
-            start += len(s)
+            start += len(s) + len(sep)
         return out
 
     return select

@@ -9,7 +9,7 @@ import shlex
 from pathlib import Path
 
 from hooked_av.data.cli import add_dtype_option, positive
-from hooked_av.study.run import STEPS
+from hooked_av.study.run import ORGANISM_WINDOW, STEPS
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
@@ -34,7 +34,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=positive(int), default=64,
                    help="captions, knockout sweep and token shift (default: %(default)s)")
     p.add_argument("--attention-max-new-tokens", type=positive(int), default=32)
-    p.add_argument("--window", type=positive(int), default=9, help="knockout window in layers (paper: 9)")
+    p.add_argument("--window", type=positive(int),
+                   help="knockout window in layers (default: the paper's 9; 3 on the 6-layer organism)")
     p.add_argument("--last-layers", type=positive(int), default=5, help="logit-lens word layers (paper: 5)")
     p.add_argument("--fps", type=positive(float), default=2.0)
     p.add_argument("--device", default=None)
@@ -49,17 +50,18 @@ def step_count(text: str) -> tuple[str, int]:
     return step, positive(int)(count)
 
 
-def study_inputs(args: argparse.Namespace):
-    """--model/--data/--base-model, or the default provider's inputs when neither --model nor --data is given."""
-    from hooked_av.model.errors import InputError
-    from hooked_av.study import run
-    from hooked_av.study.run import StudyInputs
+def on_organism(args: argparse.Namespace) -> bool:
+    return args.model is None and args.data is None
 
-    if args.model is None and args.data is None:
-        if run.default_inputs is None:
-            raise InputError("study needs --model (a checkpoint folder) and --data (a manifest): this installation "
-                             "has no default model")
-        inputs = run.default_inputs()
+
+def study_inputs(args: argparse.Namespace):
+    """--model/--data/--base-model, or the shipped model organism, its synthetic set and its twin when neither
+    --model nor --data is given."""
+    from hooked_av.model.errors import InputError
+    from hooked_av.study.run import StudyInputs, organism_inputs
+
+    if on_organism(args):
+        inputs = organism_inputs()
         return inputs if args.base_model is None else StudyInputs(inputs.model, inputs.data, args.base_model)
     if args.model is None or args.data is None:
         raise InputError(f"study needs both --model and --data (got only {'--model' if args.model else '--data'})")
@@ -71,7 +73,8 @@ def study_cmd(args: argparse.Namespace) -> int:
 
     config = StudyConfig(steps=tuple(args.steps), samples=args.samples, step_samples=dict(args.step_samples),
                          judge=tuple(args.judge or ["keywords"]), max_new_tokens=args.max_new_tokens,
-                         attention_max_new_tokens=args.attention_max_new_tokens, window=args.window,
+                         attention_max_new_tokens=args.attention_max_new_tokens,
+                         window=args.window or (ORGANISM_WINDOW if on_organism(args) else 9),
                          last_layers=args.last_layers, fps=args.fps, dtype=args.dtype, device=args.device)
     check_judge_options(config.judge)
     run_study(study_inputs(args), config, args.out)

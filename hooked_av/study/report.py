@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from hooked_av.analysis.knockout import PAPER_PROMPTS, TASK_PROMPTS
+from hooked_av.analysis.knockout import TASK_PROMPTS
+from hooked_av.data.manifest import PAPER_PROMPTS
 from hooked_av.plot.files import FIGURE_FILES, RESULT_FILES
 from hooked_av.study.run import Command, StudyConfig, StudyInputs
 
