@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import platform
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import torch
@@ -38,3 +40,29 @@ def timed(fn: Callable[[], object], device: str) -> tuple[object, float]:
     out = fn()
     synchronize(device)
     return out, time.perf_counter() - start
+
+
+def describe_device(device: str) -> str:
+    """The GPU's name, or the CPU and its thread count: every table says which machine produced it."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+# The aten ops F.scaled_dot_product_attention dispatches to, one per backend.
+SDPA_OPS = {"_scaled_dot_product_flash_attention": "flash", "_scaled_dot_product_efficient_attention":
+            "memory-efficient", "_scaled_dot_product_cudnn_attention": "cuDNN",
+            "_scaled_dot_product_flash_attention_for_cpu": "flash (CPU)", "_scaled_dot_product_attention_math": "math"}
+
+
+def sdpa_kernels(fn: Callable[[], object]) -> str:
+    """Which SDPA backends one call of `fn` ran, from torch.profiler's aten ops (e.g. "flash x4"), so a GPU table
+    can say whether the fused path got the flash / memory-efficient kernels or fell back to math."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with torch.no_grad(), profile(activities=activities) as prof:
+        fn()
+    counts = Counter(SDPA_OPS[e.key.removeprefix("aten::")] for e in prof.key_averages()
+                     for _ in range(e.count) if e.key.removeprefix("aten::") in SDPA_OPS)
+    return ", ".join(f"{name} x{n}" for name, n in counts.items()) or "none (no fused attention ran)"

@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import argparse
 import gc
-import platform
 import statistics
 from collections.abc import Callable
 
 import torch
 
-from common import malloc_description, reexec_with_steady_malloc, timed
+from common import describe_device, malloc_description, reexec_with_steady_malloc, sdpa_kernels, timed
 from hooked_av import HookedAVModel
 from hooked_av.testing.tiny import TinySizes, tiny_omni_thinker
 
@@ -171,13 +170,15 @@ def main(argv: list[str] | None = None) -> int:
     model = HookedAVModel.from_hf_model(hf_model, processor)
     assert model.W_E.data_ptr() == hf_model.get_input_embeddings().weight.data_ptr(), "weights must be shared"
 
-    where = (torch.cuda.get_device_name() if args.device == "cuda"
-             else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads")
     malloc = malloc_description()
-    print(f"device: {where}; torch {torch.__version__}; dtype {args.dtype}; batch {args.batch}; malloc: {malloc}")
+    print(f"device: {describe_device(args.device)}; torch {torch.__version__}; dtype {args.dtype}; batch {args.batch}; malloc: {malloc}")
     print(f"decoder: {sizes.layers} layers, d_model {sizes.hidden}, d_mlp {sizes.intermediate}, {sizes.heads} heads "
           f"/ {sizes.kv_heads} kv heads, d_head {head_dim}, mrope_section {list(sizes.mrope_section)}, "
           f"vocab {model.cfg.d_vocab}")
+    if args.device == "cuda":
+        ids = torch.zeros(args.batch, args.seq_lens[0], dtype=torch.long, device=args.device)
+        print(f"SDPA kernels, ours / HF ({args.seq_lens[0]} tokens): {sdpa_kernels(lambda: model(ids))} / "
+              f"{sdpa_kernels(lambda: hf_model(input_ids=ids))}")
     print(f"timing: median of {args.repeats} interleaved rounds after {args.warmup} warm-up round(s), "
           "torch.no_grad\n")
 
