@@ -109,3 +109,17 @@ def test_two_ranks_killed_and_restarted_merge_to_the_single_process_run(omni, tm
         merged = [json.loads(line) for line in (tmp_path / "ranks" / name).read_text().splitlines()]
         assert merged == single, name
     assert len(list(iter_rows(tmp_path / "single" / "sweep.jsonl"))) == 3 * 2 * (1 + 2 * 2)
+
+
+def test_the_study_script_in_the_docs_imports_what_exists():
+    import ast
+    import importlib
+    import re
+
+    script = re.search(r"```python\n(# study.py.*?)```", (ROOT / "docs/scaling.md").read_text(), flags=re.S).group(1)
+    imports = [node for node in ast.parse(script).body if isinstance(node, ast.ImportFrom)]
+    assert len(imports) == 8
+    for node in imports:
+        module = importlib.import_module(node.module)
+        for alias in node.names:
+            assert hasattr(module, alias.name), f"{node.module}.{alias.name}"
