@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import sys
@@ -66,3 +67,20 @@ def sdpa_kernels(fn: Callable[[], object]) -> str:
     counts = Counter(SDPA_OPS[e.key.removeprefix("aten::")] for e in prof.key_averages()
                      for _ in range(e.count) if e.key.removeprefix("aten::") in SDPA_OPS)
     return ", ".join(f"{name} x{n}" for name, n in counts.items()) or "none (no fused attention ran)"
+
+
+def add_decoder_args(parser: argparse.ArgumentParser, layers: int, hidden: int) -> None:
+    """The decoder's sizes. Qwen2.5-Omni-7B's text dims: --hidden 3584 --heads 28 --kv-heads 4 --intermediate 18944
+    (d_head 128, mrope_section [16, 24, 24]); a few layers of that fit any GPU."""
+    parser.add_argument("--layers", type=int, default=layers)
+    parser.add_argument("--hidden", type=int, default=hidden, help="d_model (head_dim = hidden / heads)")
+    parser.add_argument("--intermediate", type=int, default=None, help="d_mlp (default: 3 x hidden)")
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--kv-heads", type=int, default=2)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+
+
+def decoder_sizes(args: argparse.Namespace):
+    from hooked_av.testing.tiny import TinySizes
+
+    return TinySizes.scaled(args.hidden, args.layers, args.heads, args.kv_heads, args.intermediate)

@@ -31,9 +31,10 @@ from collections.abc import Callable
 
 import torch
 
-from common import describe_device, malloc_description, reexec_with_steady_malloc, sdpa_kernels, timed
+from common import (add_decoder_args, decoder_sizes, describe_device, malloc_description, reexec_with_steady_malloc,
+                    sdpa_kernels, timed)
 from hooked_av import HookedAVModel
-from hooked_av.testing.tiny import TinySizes, tiny_omni_thinker
+from hooked_av.testing.tiny import tiny_omni_thinker
 
 CONFIGS = ("hf", "no hooks", "cache resid", "1 pattern", "all eager")
 
@@ -41,13 +42,8 @@ CONFIGS = ("hf", "no hooks", "cache resid", "1 pattern", "all eager")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seq-lens", type=int, nargs="+", default=[2048, 4096], help="prompt lengths in tokens")
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--hidden", type=int, default=512, help="d_model (head_dim = hidden / heads)")
-    p.add_argument("--intermediate", type=int, default=None, help="d_mlp (default: 3 x hidden)")
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--kv-heads", type=int, default=2)
+    add_decoder_args(p, layers=4, hidden=512)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--repeats", type=int, default=7, help="timed rounds (each runs every configuration once)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds before the timed ones")
     p.add_argument("--batch", type=int, default=1)
@@ -164,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     head_dim = args.hidden // args.heads
-    sizes = TinySizes.scaled(args.hidden, args.layers, args.heads, args.kv_heads, args.intermediate)
+    sizes = decoder_sizes(args)
     hf_model, processor = tiny_omni_thinker(sizes=sizes, seed=args.seed, dtype=dtype, attn_implementation="sdpa")
     hf_model = hf_model.to(args.device)
     model = HookedAVModel.from_hf_model(hf_model, processor)
