@@ -18,6 +18,7 @@ died before its merge.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from collections.abc import Callable, Hashable, Iterable, Sequence
@@ -84,7 +85,7 @@ def rank_files(out_path: Path, world_size: int) -> dict[str, list[Path]]:
     groups: dict[str, list[Path]] = {}
     for rank in range(world_size):
         main = Shard(rank, world_size).path(out_path)
-        for path in sorted(main.parent.glob(main.name + "*")):
+        for path in sorted(main.parent.glob(glob.escape(main.name) + "*")):
             groups.setdefault(path.name[len(main.name):], []).append(path)
     return groups
 
