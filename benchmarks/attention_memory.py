@@ -22,12 +22,13 @@ import torch
 
 from hooked_av import HookedAVModel
 from hooked_av.analysis.attention import attention_by_modality
-from hooked_av.testing.tiny import TinySizes, synthetic_audio, synthetic_video, tiny_omni_thinker
+from common import add_decoder_args, decoder_sizes
+from hooked_av.testing.tiny import synthetic_audio, synthetic_video, tiny_omni_thinker
 
 
 def measure(args: argparse.Namespace) -> dict:
     torch.set_grad_enabled(False)
-    hf_model, processor = tiny_omni_thinker(TinySizes.scaled(args.hidden, args.layers))
+    hf_model, processor = tiny_omni_thinker(decoder_sizes(args), dtype=getattr(torch, args.dtype))
     model = HookedAVModel.from_hf_model(hf_model.to(args.device), processor)
     batch = model.prepare_inputs("Describe what you see and hear.", video=synthetic_video(seconds=args.seconds),
                                  audio=synthetic_audio(seconds=args.audio_seconds))
@@ -47,8 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=48.0, help="video length (48 s at 2 fps: 6.9k tokens)")
     parser.add_argument("--audio-seconds", type=float, default=30.0)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--hidden", type=int, default=256)
+    add_decoder_args(parser, layers=4, hidden=256)
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--mode", choices=("plain", "analysis"), help=argparse.SUPPRESS)
@@ -59,13 +59,14 @@ def main() -> None:
     results = {}
     for mode in ("plain", "analysis"):
         cmd = [sys.executable, __file__, "--mode", mode] + [
-            a for k, v in vars(args).items() if k != "mode" for a in (f"--{k.replace('_', '-')}", str(v))]
+            a for k, v in vars(args).items() if k != "mode" and v is not None
+            for a in (f"--{k.replace('_', '-')}", str(v))]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         results[mode] = json.loads(out.strip().splitlines()[-1])
     n, layers, heads = results["plain"]["n_tokens"], results["plain"]["n_layers"], results["plain"]["n_heads"]
     extra = results["analysis"]["peak_bytes"] - results["plain"]["peak_bytes"]
     mib = 2 ** 20
-    print(f"device {args.device}; prompt {n} tokens; {layers} layers x {heads} heads; {args.new_tokens} new tokens")
+    print(f"device {args.device}, {args.dtype}; prompt {n} tokens; {layers} layers x {heads} heads; {args.new_tokens} new tokens")
     print(f"peak, plain generation        {results['plain']['peak_bytes'] / mib:9.1f} MiB")
     print(f"peak, attention_by_modality   {results['analysis']['peak_bytes'] / mib:9.1f} MiB   "
           f"(+{extra / mib:.1f} MiB)")

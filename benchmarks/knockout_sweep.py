@@ -15,26 +15,24 @@ import argparse
 
 import torch
 
-from common import malloc_description, reexec_with_steady_malloc, timed
+from common import add_decoder_args, decoder_sizes, malloc_description, reexec_with_steady_malloc, timed
 from hooked_av import HookedAVModel
 from hooked_av.analysis.knockout import generate_knockouts, generate_with_knockout, sweep_configurations
-from hooked_av.testing.tiny import TinySizes, synthetic_audio, synthetic_video, tiny_omni_thinker
+from hooked_av.testing.tiny import synthetic_audio, synthetic_video, tiny_omni_thinker
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layers", type=int, default=12)
-    parser.add_argument("--hidden", type=int, default=256)
+    add_decoder_args(parser, layers=12, hidden=256)
     parser.add_argument("--seconds", type=float, default=12.0, help="clip length (12 s gives ~2k prompt tokens)")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--window", type=int, default=9)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float32")
     parser.add_argument("--system-malloc", action="store_true", help="keep glibc's default mmap/trim thresholds")
     args = parser.parse_args()
     reexec_with_steady_malloc(args.device, args.system_malloc)
     torch.set_grad_enabled(False)
-    hf_model, processor = tiny_omni_thinker(TinySizes.scaled(args.hidden, args.layers), dtype=getattr(torch, args.dtype))
+    hf_model, processor = tiny_omni_thinker(decoder_sizes(args), dtype=getattr(torch, args.dtype))
     model = HookedAVModel.from_hf_model(hf_model.to(args.device), processor)
     batch = model.prepare_inputs("Describe what you see and hear.", video=synthetic_video(seconds=args.seconds),
                                  audio=synthetic_audio(seconds=args.seconds))

@@ -123,3 +123,22 @@ def test_over_manifest_rows_with_a_progress_bar(omni, tmp_path, capsys):
     assert torch.equal(results[0].per_head, ref.per_head)
     err = capsys.readouterr().err
     assert "attention by modality" in err and "2/2" in err and "skipping sample broken" in err
+
+
+def test_the_jsonl_run_reads_back_what_the_in_memory_run_returns(omni, tmp_path):
+    from hooked_av.analysis.attention import attention_over_samples, attention_run, read_attention
+    from hooked_av.data.jsonl import iter_rows
+    from hooked_av.data.manifest import ManifestRow
+    from tests.test_media import write_clip
+
+    _, _, model = omni
+    write_clip(tmp_path / "a.mp4", seconds=1.0)
+    rows = [ManifestRow("a", tmp_path / "a.mp4", "video", ["a tone"])]
+    out = attention_run(model, rows, tmp_path / "attention.jsonl", max_new_tokens=3)
+    attention_run(model, rows, out, max_new_tokens=3)  # done: nothing appended
+    assert len(list(iter_rows(out))) == 1
+    (read,) = read_attention(out)
+    (ref,) = attention_over_samples(model, rows, max_new_tokens=3)
+    assert torch.equal(read.per_head, ref.per_head) and read.per_head.dtype == torch.float32
+    assert (read.groups, read.layers, read.group_sizes, read.n_queries, read.generated_text, read.sample_id) == \
+        (ref.groups, ref.layers, ref.group_sizes, ref.n_queries, ref.generated_text, "a")

@@ -96,3 +96,23 @@ def test_over_manifest_rows_with_a_progress_bar(omni, vl, tmp_path, capsys):
     assert results[0].to_frame().sample_id.unique().tolist() == ["a"]
     err = capsys.readouterr().err
     assert "token shift" in err and "2/2" in err and "skipping sample broken" in err
+
+
+def test_the_jsonl_run_reads_back_what_the_in_memory_run_returns(omni, tmp_path):
+    from hooked_av.analysis.token_shift import read_token_shift, token_shift_over_samples, token_shift_run
+    from hooked_av.data.jsonl import iter_rows
+    from hooked_av.data.manifest import ManifestRow
+    from tests.test_media import write_clip
+
+    _, _, model = omni
+    write_clip(tmp_path / "a.mp4", seconds=1.0)
+    rows = [ManifestRow("a", tmp_path / "a.mp4", "video", ["a tone"]),
+            ManifestRow("broken", tmp_path / "missing.mp4", "video", ["a tone"])]
+    out = token_shift_run(model, model, rows[:1], tmp_path / "shift.jsonl", base_gets_audio=True, max_new_tokens=3)
+    token_shift_run(model, model, rows, out, base_gets_audio=True, max_new_tokens=3)  # resumes: adds no row for a
+    (read,) = read_token_shift(out)
+    (ref,) = token_shift_over_samples(model, model, rows[:1], base_gets_audio=True, max_new_tokens=3)
+    assert read.sample_id == "a" and read.instruction == ref.instruction and read.token_strings == ref.token_strings
+    for field in ("response_ids", "kl_av_base", "kl_base_av", "base_rank", "selected"):
+        assert torch.equal(getattr(read, field), getattr(ref, field)), field
+    assert [r["sample_id"] for r in iter_rows(tmp_path / "shift.jsonl.errors.jsonl")] == ["broken"]

@@ -17,7 +17,7 @@ from hooked_av.eval.judge import JudgeResult
 from hooked_av.eval.scores import score_row
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ("docs/data.md", "docs/judge.md")
+DOCS = ("docs/data.md", "docs/judge.md", "docs/scaling.md")
 CAPTION_FIELDS = {f.name for f in dataclasses.fields(CaptionRow)}
 
 

@@ -260,20 +260,20 @@ def test_headlines_from_known_score_rows(tmp_path):
 
 
 def test_the_row_files_hold_what_the_in_memory_analyses_return(omni, tmp_path):
-    from hooked_av.analysis.attention import attention_over_samples, attention_run, load_attention_rows
+    from hooked_av.analysis.attention import attention_over_samples, attention_run, read_attention
     from hooked_av.analysis.logit_lens import latent_words_run, lens_from_row, logit_lens
-    from hooked_av.analysis.token_shift import load_token_shift_rows, token_shift_over_samples, token_shift_run
+    from hooked_av.analysis.token_shift import read_token_shift, token_shift_over_samples, token_shift_run
     from hooked_av.data.manifest import ManifestRow, load_sample, sample_inputs
 
     _, _, model = omni
     write_clip(tmp_path / "a.mp4", seconds=1.0)
     rows = [ManifestRow("s1", tmp_path / "a.mp4", "video", ["a tone"])]
     attention_run(model, rows, tmp_path / "attention.jsonl", max_new_tokens=3)
-    [stored], [direct] = load_attention_rows(tmp_path / "attention.jsonl"), attention_over_samples(
+    [stored], [direct] = read_attention(tmp_path / "attention.jsonl"), attention_over_samples(
         model, rows, max_new_tokens=3)
     assert stored.groups == direct.groups and torch.allclose(stored.shares, direct.shares)
     token_shift_run(model, model, rows, tmp_path / "shift.jsonl", max_new_tokens=3)
-    [stored], [direct] = load_token_shift_rows(tmp_path / "shift.jsonl"), token_shift_over_samples(
+    [stored], [direct] = read_token_shift(tmp_path / "shift.jsonl"), token_shift_over_samples(
         model, model, rows, max_new_tokens=3)
     assert stored.response_ids.tolist() == direct.response_ids.tolist()
     assert torch.equal(stored.kl_base_av, direct.kl_base_av) and torch.equal(stored.base_rank, direct.base_rank)

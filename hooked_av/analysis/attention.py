@@ -17,9 +17,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from hooked_av.analysis.samples import decoded_samples, todo_rows
-from hooked_av.data.jsonl import append_rows, iter_rows
-from hooked_av.data.manifest import ManifestRow, sample_inputs
+from hooked_av.analysis.samples import decoded_samples, per_sample_run
+from hooked_av.data.jsonl import iter_rows
+from hooked_av.data.manifest import ManifestRow, Sample, sample_inputs
 from hooked_av.model.errors import check_layer
 from hooked_av.model.modality import Modality
 
@@ -52,6 +52,17 @@ class ModalityAttention:
         import pandas as pd
 
         return pd.DataFrame(self.shares.numpy(), index=pd.Index(self.layers, name="layer"), columns=self.groups)
+
+    def to_row(self) -> dict[str, Any]:
+        """The result as a JSON object (what `attention_run` writes; `from_row` reads it back exactly)."""
+        return {"groups": self.groups, "layers": self.layers, "per_head": self.per_head.tolist(),
+                "group_sizes": self.group_sizes, "n_queries": self.n_queries, "generated_text": self.generated_text}
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> ModalityAttention:
+        return cls(groups=row["groups"], layers=row["layers"], per_head=torch.tensor(row["per_head"]),
+                   group_sizes=row["group_sizes"], n_queries=row["n_queries"], generated_text=row["generated_text"],
+                   sample_id=row.get("sample_id"))
 
 
 def group_index(modality_codes: Tensor, groups: Mapping[str, Sequence[str]]) -> Tensor:
@@ -119,31 +130,20 @@ def attention_over_samples(model, rows: Iterable[ManifestRow], *, prompt: str = 
 def attention_run(model, rows: Iterable[ManifestRow], out_path: str | Path, *,
                   prompt: str = "Describe what you see and hear.", max_new_tokens: int = 32, fps: float = 2.0,
                   sampling_rate: int = 16000, **kwargs: Any) -> Path:
-    """`attention_over_samples`, one JSONL row per sample written as it is done (sample_id, prompt, layers,
-    groups, shares [layer][group], n_queries, generated_text); rerunning skips the samples already in the file.
-    `load_attention_rows` reads the rows back for `aggregate_attention`."""
-    out_path = Path(out_path)
-    todo = todo_rows(rows, out_path, prompt)
-    for sample in decoded_samples(todo, "attention by modality", fps, sampling_rate):
+    """`attention_over_samples` written to JSONL, one row per sample (`ModalityAttention.to_row` with sample_id and
+    prompt), resumable, unreadable samples in `<out>.errors.jsonl`; the step `run_sharded` shards over GPUs.
+    `read_attention(out)` gives the results back for `aggregate_attention`."""
+
+    def attend(sample: Sample) -> dict[str, Any]:
         batch = model.prepare_inputs(prompt, **sample_inputs(sample), fps=fps)
-        result = attention_by_modality(model, batch, max_new_tokens=max_new_tokens, **kwargs)
-        append_rows(out_path, [{"sample_id": sample.sample_id, "prompt": prompt, "layers": result.layers,
-                                "groups": result.groups, "shares": result.shares.tolist(),
-                                "n_queries": result.n_queries, "generated_text": result.generated_text[0]}])
-    return out_path
+        return attention_by_modality(model, batch, max_new_tokens=max_new_tokens, **kwargs).to_row()
+
+    return per_sample_run(rows, out_path, "attention by modality", attend, {"prompt": prompt}, fps, sampling_rate)
 
 
-def load_attention_rows(path: str | Path, prompt: str | None = None) -> list[ModalityAttention]:
-    """The rows of `attention_run` (those of one prompt, if given) as ModalityAttention results (the per-head
-    detail is not stored: each row holds its head-mean shares)."""
-    results = []
-    for row in iter_rows(path):
-        if prompt is None or row["prompt"] == prompt:
-            shares = torch.tensor(row["shares"], dtype=torch.float32)
-            results.append(ModalityAttention(groups=row["groups"], layers=row["layers"], per_head=shares[:, None],
-                                             group_sizes=[], n_queries=row["n_queries"],
-                                             generated_text=[row["generated_text"]], sample_id=row["sample_id"]))
-    return results
+def read_attention(path: str | Path, prompt: str | None = None) -> list[ModalityAttention]:
+    """The rows of `attention_run` (those of one prompt, if given) as ModalityAttention results."""
+    return [ModalityAttention.from_row(row) for row in iter_rows(path) if prompt is None or row["prompt"] == prompt]
 
 
 def is_query(new_tokens: Tensor, stops: Tensor) -> Tensor:

@@ -7,7 +7,6 @@ in several languages (键盘, 马, ...): tokens are decoded to readable strings,
 
 from __future__ import annotations
 
-import logging
 import string
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
@@ -19,15 +18,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tqdm.auto import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
-
-from hooked_av.data.jsonl import append_rows, read_done
-from hooked_av.data.manifest import ManifestRow, check_unique_ids, load_sample, sample_inputs
-from hooked_av.model.errors import HookedAVError, InputError, check_layer
+from hooked_av.analysis.samples import per_sample_run
+from hooked_av.data.manifest import ManifestRow, Sample, sample_inputs
+from hooked_av.model.errors import InputError, check_layer
 from hooked_av.model.modality import Modality
-
-log = logging.getLogger(__name__)
 
 PUNCTUATION = set(string.punctuation) | {"，", "。", "、", "：", "；", "！", "？", "（", "）", "“", "”", "…", "—"}
 
@@ -170,28 +164,15 @@ def latent_words_run(model, rows: Iterable[ManifestRow], out_path: str | Path, *
     positions, input_tokens, top1_ids, top1, top1_prob: [layer][position]), which `lens_from_row` turns back into
     a LogitLensResult for `plot_logit_lens`; the words are still those of the last `last_layers` layers.
     """
-    rows = list(rows)
-    check_unique_ids(rows)
-    out_path = Path(out_path)
-    done = read_done(out_path, key=lambda r: (r["sample_id"], r["prompt"]))
     layers = range(0 if table else max(0, model.cfg.n_layers - last_layers), model.cfg.n_layers)
-    with logging_redirect_tqdm():
-        for row in tqdm(rows, desc="latent words", unit="sample"):
-            if (row.sample_id, prompt) in done:
-                continue
-            try:
-                batch = model.prepare_inputs(prompt, **sample_inputs(load_sample(row, fps, sampling_rate)), fps=fps,
-                                             **prepare_kwargs)
-            except (HookedAVError, OSError) as err:
-                log.warning("skipping sample %s: %s", row.sample_id, err)
-                append_rows(out_path.with_name(out_path.name + ".errors.jsonl"),
-                            [{"sample_id": row.sample_id, "error": type(err).__name__, "message": str(err)}])
-                continue
-            lens = logit_lens(model, batch, positions="audio", layers=layers, top_k=top_k)
-            append_rows(out_path, [{"sample_id": row.sample_id, "prompt": prompt,
-                                    "words": lens.words(last_layers, top_k), "last_layers": last_layers,
-                                    "top_k": top_k, **(top1_table(lens) if table else {})}])
-    return out_path
+
+    def words(sample: Sample) -> dict[str, Any]:
+        batch = model.prepare_inputs(prompt, **sample_inputs(sample), fps=fps, **prepare_kwargs)
+        lens = logit_lens(model, batch, positions="audio", layers=layers, top_k=top_k)
+        return {"words": lens.words(last_layers, top_k), "last_layers": last_layers, "top_k": top_k,
+                **(top1_table(lens) if table else {})}
+
+    return per_sample_run(rows, out_path, "latent words", words, {"prompt": prompt}, fps, sampling_rate)
 
 
 def top1_table(lens: LogitLensResult) -> dict[str, Any]:

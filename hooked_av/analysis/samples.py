@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from hooked_av.data.jsonl import output_file, read_done
-from hooked_av.data.manifest import ManifestRow, Sample, check_unique_ids, iter_samples
+from hooked_av.data.jsonl import append_rows, output_file, read_done
+from hooked_av.data.manifest import ManifestRow, Sample, check_unique_ids, iter_samples, load_sample
+from hooked_av.model.errors import HookedAVError
+
+log = logging.getLogger(__name__)
 
 
 def decoded_samples(rows: Iterable[ManifestRow], desc: str, fps: float = 2.0,
@@ -22,13 +27,32 @@ def decoded_samples(rows: Iterable[ManifestRow], desc: str, fps: float = 2.0,
         yield from iter_samples(tqdm(rows, desc=desc, unit="sample"), fps, sampling_rate)
 
 
-def todo_rows(rows: Iterable[ManifestRow], out_path: Path, prompt: str) -> list[ManifestRow]:
-    """The rows whose (sample_id, prompt) result is not yet in `out_path` (a resumed run skips the others).
-    Sample ids must be unique; `out_path` must not be a folder."""
+def per_sample_run(rows: Iterable[ManifestRow], out_path: str | Path, desc: str,
+                   compute: Callable[[Sample], dict[str, Any]], fields: Mapping[str, Any], fps: float = 2.0,
+                   sampling_rate: int = 16000) -> Path:
+    """One JSONL row per sample, `{"sample_id", **fields, **compute(sample)}`, appended as soon as it is made.
+
+    Resumable: a sample whose row (same sample_id and `fields`, e.g. the prompt) is in the file is skipped. A
+    sample whose media cannot be read, or that the model refuses (a HookedAVError), is logged, recorded in
+    `<out>.errors.jsonl` and skipped; a rerun tries it again. Sample ids must be unique.
+    """
     rows = list(rows)
     check_unique_ids(rows)
-    done = read_done(output_file(out_path), key=lambda r: (r["sample_id"], r["prompt"]))
-    return [row for row in rows if (row.sample_id, prompt) not in done]
+    out_path = output_file(out_path)
+    done = read_done(out_path, key=lambda r: (r["sample_id"], *(r.get(k) for k in fields)))
+    with logging_redirect_tqdm():
+        for row in tqdm(rows, desc=desc, unit="sample"):
+            if (row.sample_id, *fields.values()) in done:
+                continue
+            try:
+                result = compute(load_sample(row, fps, sampling_rate))
+            except (HookedAVError, OSError) as err:
+                log.warning("skipping sample %s: %s", row.sample_id, err)
+                append_rows(out_path.with_name(out_path.name + ".errors.jsonl"),
+                            [{"sample_id": row.sample_id, "error": type(err).__name__, "message": str(err)}])
+                continue
+            append_rows(out_path, [{"sample_id": row.sample_id, **fields, **result}])
+    return out_path
 
 
 def select_rows(rows: Iterable[ManifestRow], samples: int | None) -> list[ManifestRow]:

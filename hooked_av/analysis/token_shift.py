@@ -9,7 +9,7 @@ distributions, and the base rank η of the AV model's token under the base model
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +18,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from hooked_av.analysis.samples import decoded_samples, todo_rows
-from hooked_av.data.jsonl import append_rows, iter_rows
-from hooked_av.data.manifest import ManifestRow, sample_inputs
+from hooked_av.analysis.samples import decoded_samples, per_sample_run
+from hooked_av.data.jsonl import iter_rows
+from hooked_av.data.manifest import ManifestRow, Sample, sample_inputs
 from hooked_av.model.errors import InputError
 
 # A default lexicon of sound sources and events (AudioCaps-style vocabulary); pass your own or a callback.
@@ -58,6 +58,20 @@ class TokenShiftResult:
 
     def summary(self, selected_only: bool = False) -> ShiftSummary:
         return aggregate_shift([self], selected_only)
+
+    def to_row(self) -> dict[str, Any]:
+        """The result as a JSON object (what `token_shift_run` writes; `from_row` reads it back exactly)."""
+        return {"instruction": self.instruction, "response_ids": self.response_ids.tolist(),
+                "token_strings": self.token_strings, "kl_av_base": self.kl_av_base.tolist(),
+                "kl_base_av": self.kl_base_av.tolist(), "base_rank": self.base_rank.tolist(),
+                "selected": self.selected.tolist()}
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> TokenShiftResult:
+        return cls(instruction=row["instruction"], response_ids=torch.tensor(row["response_ids"], dtype=torch.long),
+                   token_strings=row["token_strings"], kl_av_base=torch.tensor(row["kl_av_base"]),
+                   kl_base_av=torch.tensor(row["kl_base_av"]), base_rank=torch.tensor(row["base_rank"], dtype=torch.long),
+                   selected=torch.tensor(row["selected"], dtype=torch.bool), sample_id=row.get("sample_id"))
 
     def to_frame(self):
         import pandas as pd
@@ -178,27 +192,21 @@ def token_shift_over_samples(av_model, base_model, rows: Iterable[ManifestRow], 
 def token_shift_run(av_model, base_model, rows: Iterable[ManifestRow], out_path: str | Path, *,
                     instruction: str = "Describe what you hear.", fps: float = 2.0, sampling_rate: int = 16000,
                     **kwargs: Any) -> Path:
-    """`token_shift_over_samples`, one JSONL row per sample written as it is done (sample_id, prompt: the
-    instruction, token_ids, tokens, kl_av_base, kl_base_av, base_rank, selected: per response token); rerunning
-    skips the samples already in the file. `load_token_shift_rows` reads them back for `aggregate_shift`."""
-    out_path = Path(out_path)
-    todo = todo_rows(rows, out_path, instruction)
-    for sample in decoded_samples(todo, "token shift", fps, sampling_rate):
-        r = token_shift(av_model, base_model, **sample_inputs(sample), instruction=instruction, fps=fps, **kwargs)
-        append_rows(out_path, [{"sample_id": sample.sample_id, "prompt": instruction,
-                                "token_ids": r.response_ids.tolist(), "tokens": r.token_strings,
-                                "kl_av_base": r.kl_av_base.tolist(), "kl_base_av": r.kl_base_av.tolist(),
-                                "base_rank": r.base_rank.tolist(), "selected": r.selected.tolist()}])
-    return out_path
+    """`token_shift_over_samples` written to JSONL, one row per sample (`TokenShiftResult.to_row` with sample_id),
+    resumable, unreadable samples in `<out>.errors.jsonl`; the step `run_sharded` shards over GPUs.
+    `read_token_shift(out)` gives the results back for `aggregate_shift`. kwargs: max_new_tokens, selector,
+    base_gets_audio (as `token_shift`; the selector's picks are stored in the row)."""
+
+    def shift(sample: Sample) -> dict[str, Any]:
+        result = token_shift(av_model, base_model, **sample_inputs(sample), instruction=instruction, fps=fps,
+                             **kwargs)
+        return {k: v for k, v in result.to_row().items() if k != "instruction"}
+
+    return per_sample_run(rows, out_path, "token shift", shift, {"instruction": instruction}, fps, sampling_rate)
 
 
-def load_token_shift_rows(path: str | Path) -> list[TokenShiftResult]:
-    """The rows of `token_shift_run` as TokenShiftResults."""
-    return [TokenShiftResult(row["prompt"], torch.tensor(row["token_ids"], dtype=torch.long), row["tokens"],
-                             torch.tensor(row["kl_av_base"]), torch.tensor(row["kl_base_av"]),
-                             torch.tensor(row["base_rank"], dtype=torch.long),
-                             torch.tensor(row["selected"], dtype=torch.bool), sample_id=row["sample_id"])
-            for row in iter_rows(path)]
+def read_token_shift(path: str | Path) -> list[TokenShiftResult]:
+    return [TokenShiftResult.from_row(row) for row in iter_rows(path)]
 
 
 class ShiftSummary(dict):

@@ -21,8 +21,25 @@ from hooked_av.model.kv_cache import KVCache, SharedPrefixKVCache
 ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
 
 
-def is_hooked(hook: HookPoint) -> bool:
+def has_hooks(hook: HookPoint) -> bool:
     return bool(hook._forward_hooks or hook._backward_hooks)
+
+
+def is_hooked(hook: HookPoint) -> bool:
+    """Whether anything wants the hook point's value: a PyTorch hook, or a tracer that intercepts the call."""
+    return has_hooks(hook) or is_traced(hook)
+
+
+def is_traced(hook: HookPoint) -> bool:
+    """A tracer that replaced the hook point's `forward` on the instance (nnsight's controller) sees only calls
+    that happen, so while its trace runs every hook point fires (and attention runs eager, as for a hooked
+    pattern). nnsight's controller says whether its trace is running (`state.active()`); outside one it is inert
+    and the model keeps its fused path. An interceptor of another kind is taken to be always on."""
+    forward = hook.__dict__.get("forward")
+    if forward is None:
+        return False
+    active = getattr(getattr(forward, "state", None), "active", None)
+    return active is None or active()[0] is not None
 
 
 def fire(hook: HookPoint, x: Tensor) -> Tensor:
@@ -183,19 +200,22 @@ class Attention(nn.Module):
         """The output projection. Per-head outputs (`hook_result`) are formed only when that hook point is hooked
         or `cfg.use_attn_result` is set (they take n_heads x the memory of the residual stream); either way the
         kernel of the layer does not change."""
-        if not (self.cfg.use_attn_result or is_hooked(self.hook_result)):
+        # Not formed for a tracer alone (it would be on every layer): as in TransformerLens, nnsight reads
+        # hook_result with cfg.use_attn_result set.
+        if not (self.cfg.use_attn_result or has_hooks(self.hook_result)):
             return self.o_proj(z.flatten(2))
         result = fire(self.hook_result, torch.einsum("bphd,hdm->bphm", z, self.W_O))
         return result.sum(2) + self.b_O
 
     def _eager(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor) -> Float[Tensor, "batch head q d"]:
-        # Grouped views instead of repeating K/V: head h reads KV head h // n_kv_groups, as HF's repeat_kv.
+        # Head h reads KV head h // n_kv_groups, as HF's repeat_kv, without repeating K/V: the g query heads of a KV
+        # head are stacked as the rows of one matrix, so K and V (the KV cache's views) are read in place. A matmul
+        # broadcast over a group axis instead copies K and V g times, which made eager decode steps 2-3x slower.
         b, h, nq, d = q.shape
         g = self.cfg.n_kv_groups
-        qg = q.view(b, h // g, g, nq, d)
-        scores = (qg @ k.unsqueeze(2).transpose(-1, -2)).view(b, h, nq, -1).mul_(self.scale)
+        scores = (q.reshape(b, h // g, g * nq, d) @ k.transpose(-1, -2)).view(b, h, nq, -1).mul_(self.scale)
         pattern = self._softmax_pattern(scores, attn_mask, q.dtype)
-        return (pattern.view(b, h // g, g, nq, -1) @ v.unsqueeze(2)).view(b, h, nq, d)
+        return (pattern.reshape(b, h // g, g * nq, -1) @ v).view(b, h, nq, d)
 
     def _softmax_pattern(self, scores: Tensor, attn_mask: Tensor, dtype: torch.dtype) -> Tensor:
         # In place: `scores` is always a fresh tensor, and at 4k tokens each extra pass over it costs ~8%.

@@ -35,12 +35,12 @@ def figure2(caption_scores: Path, out: Path, latent_scores: Path | None = None) 
 
 def figure4(attention: Path, out: Path, prompt: str | None = None) -> Path:
     """Fig. 4: the attention rows (of one prompt, default the first row's) averaged over samples."""
-    from hooked_av.analysis.attention import aggregate_attention, load_attention_rows
+    from hooked_av.analysis.attention import aggregate_attention, read_attention
     from hooked_av.plot.attention import plot_attention_by_modality
 
     require_rows(attention, "attention")
     prompt = prompt or next(iter_rows(attention))["prompt"]
-    results = load_attention_rows(attention, prompt)
+    results = read_attention(attention, prompt)
     if not results:
         raise InputError(f"{attention} has no rows for the prompt {prompt!r}")
     return plot_attention_by_modality(aggregate_attention(results), out, title=f"Attention by modality: {prompt!r}")
@@ -71,9 +71,9 @@ def figure6(knockout_scores: Path, out: Path, window: int) -> Path:
 
 def shift_summaries(token_shift: Path) -> dict[str, dict]:
     """All response tokens and the sound-event tokens (the selector's), pooled over the samples of the file."""
-    from hooked_av.analysis.token_shift import aggregate_shift, load_token_shift_rows
+    from hooked_av.analysis.token_shift import aggregate_shift, read_token_shift
 
-    results = load_token_shift_rows(token_shift)
+    results = read_token_shift(token_shift)
     return {"all tokens": aggregate_shift(results), "sound-event tokens": aggregate_shift(results, selected_only=True)}
 
 

@@ -79,10 +79,10 @@ def layer_range(n_layers: int, paper_range: tuple[int, int]) -> range:
 
 
 def fig4(out: Path) -> list[Headline]:
-    from hooked_av.analysis.attention import aggregate_attention, load_attention_rows
+    from hooked_av.analysis.attention import aggregate_attention, read_attention
 
     path = out / RESULT_FILES["attention"]
-    results = load_attention_rows(path, PROMPT_BOTH) if path.is_file() else []
+    results = read_attention(path, PROMPT_BOTH) if path.is_file() else []
     if not results:
         return []
     agg = aggregate_attention(results)
