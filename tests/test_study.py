@@ -129,11 +129,12 @@ def test_the_report_numbers_are_those_of_the_rows(study_run):
     attention = rows(study_run, "attention")  # 2 layers: the "deep" range (15-30 of 36) is layer 1
     line = headline(summary, "fig4", "video share, layers 1-1")
     video = attention[0]["groups"].index("video")
-    assert line["value"] == pytest.approx(mean(r["shares"][1][video] for r in attention if r["prompt"] == BOTH))
+    head_mean = [np.mean(r["per_head"][1], axis=0)[video] for r in attention if r["prompt"] == BOTH]
+    assert line["value"] == pytest.approx(mean(head_mean))
     shift = rows(study_run, "token_shift")
     line = headline(summary, "fig7", "mean KL(base ‖ AV)")
     assert line["value"] == pytest.approx(mean(kl for r in shift for kl in r["kl_base_av"]), rel=1e-5)
-    assert line["n"] == sum(len(r["token_ids"]) for r in shift)
+    assert line["n"] == sum(len(r["response_ids"]) for r in shift)
     sweep = rows(study_run, "knockout_scores")
     line = headline(summary, "fig6", "counterfactual audio fidelity, no knockout")
     assert line["value"] == pytest.approx(mean(r["score"] for r in sweep if r["counterfactual"] and
@@ -160,7 +161,7 @@ def test_the_quoted_command_reproduces_the_rows(study_run, study_inputs, tmp_pat
     again = list(iter_rows(tmp_path / "attention.jsonl"))
     assert [(r["sample_id"], r["generated_text"]) for r in again] == \
         [(r["sample_id"], r["generated_text"]) for r in rows(study_run, "attention")]
-    assert np.allclose([r["shares"] for r in again], [r["shares"] for r in rows(study_run, "attention")])
+    assert np.allclose([r["per_head"] for r in again], [r["per_head"] for r in rows(study_run, "attention")])
 
 
 def test_a_rerun_redoes_only_what_is_missing(study_run, study_inputs, monkeypatch, capsys):
@@ -187,8 +188,8 @@ def test_a_rerun_redoes_only_what_is_missing(study_run, study_inputs, monkeypatc
 
 def test_study_and_analysis_mistakes_are_one_line_errors(study_inputs, tmp_path, capsys):
     model, manifest = study_inputs
-    code, err = run_main(["study", "--out", tmp_path / "s"], capsys)
-    assert_one_line_error(code, err, "--model", "--data")
+    code, err = run_main(["study", "--data", manifest, "--out", tmp_path / "s"], capsys)
+    assert_one_line_error(code, err, "both --model and --data", "only --data")
     code, err = run_main(["study", "--model", model, "--out", tmp_path / "s"], capsys)
     assert_one_line_error(code, err, "both --model and --data")
     code, err = run_main(["study", "--model", model, "--data", manifest, "--out", tmp_path / "s", "--judge",
