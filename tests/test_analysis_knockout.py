@@ -237,3 +237,21 @@ def test_sweep_scores_make_the_knockout_figure(omni, clip_rows, tmp_path):
     assert sorted(table[table.source == "audio"].centre_layer.unique()) == list(range(model.cfg.n_layers))
     plot_knockout_curves(table, tmp_path / "fig6.png", window=1)
     assert (tmp_path / "fig6.png").stat().st_size > 10_000
+
+
+def test_sweep_rows_record_the_checkpoint_and_refuse_another(omni, clip_rows, tmp_path):
+    """Sweep rows are captions the judge scores: they carry the weights hash its score key holds, and a file
+    written by one checkpoint is not resumed by another (its rows would be taken as done)."""
+    from hooked_av.data.checkpoint import weights_sha256
+
+    _, _, model = omni
+    out = tmp_path / "sweep.jsonl"
+    knockout_sweep(model, clip_rows[:1], out, sources=("audio",), prompts=("Describe what you hear.",), window=3,
+                   max_new_tokens=2)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["model_hash"] for r in rows} == {weights_sha256(model.adapter.hf_model)}
+    other = HookedAVModel.from_hf_model(*tiny_omni_thinker(seed=5))
+    with pytest.raises(InputError, match="another checkpoint"):
+        knockout_sweep(other, clip_rows[:2], out, sources=("audio",), prompts=("Describe what you hear.",),
+                       window=3, max_new_tokens=2)
+    assert [json.loads(line) for line in out.read_text().splitlines()] == rows

@@ -108,6 +108,8 @@ def test_latent_word_sets_are_written_resumably_and_scored_by_the_judge(omni, tm
                                  use_audio_in_video=True)
     expected = logit_lens(model, batch, top_k=1).words(last_layers=2)
     assert row["sample_id"] == "s1" and row["words"] == expected
+    from hooked_av.data.checkpoint import weights_sha256
+    assert row["model_hash"] == weights_sha256(model.adapter.hf_model)  # the judge's score key holds it
     assert "broken" in (tmp_path / "words.jsonl.errors.jsonl").read_text()
     assert "latent words" in capsys.readouterr().err
 

@@ -19,6 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from hooked_av.data.caption_run import checkpoint_fields
 from hooked_av.data.jsonl import append_rows, read_done
 from hooked_av.data.manifest import PAPER_PROMPTS, ManifestRow, check_unique_ids, load_sample, sample_inputs
 from hooked_av.model.errors import EmptySelectionError, HookedAVError, InputError, check_layer
@@ -240,7 +241,9 @@ def knockout_sweep(model, rows: Iterable[ManifestRow], out_path: str | Path, *,
     rows: manifest rows (`hooked_av.data.manifest.read_manifest`), as `caption_manifest` takes them; sample ids
     must be unique. Each clip is decoded once (frames at `fps`, sound at `sampling_rate`), the sound interleaved
     into the video when it is the video's own track. One JSONL row per (sample, prompt, source, centre layer) is
-    written as soon as the sample's configurations are done; rerunning skips rows already in the file. A
+    written as soon as the sample's configurations are done, with the checkpoint's name and weights hash (`model`,
+    `model_hash`: the judge keys scores by it); rerunning skips rows already in the file, and a file another
+    checkpoint wrote is refused. A
     configuration whose source selects no position of the sample (no image in a video clip) is not run: it is
     recorded in `<out>.skipped.jsonl` with the reason. A sample whose media cannot be read is logged, recorded in
     `<out>.errors.jsonl`, and skipped.
@@ -251,6 +254,7 @@ def knockout_sweep(model, rows: Iterable[ManifestRow], out_path: str | Path, *,
     out_path.parent.mkdir(parents=True, exist_ok=True)
     skipped_path = out_path.with_name(out_path.name + ".skipped.jsonl")
     done = read_done(out_path, sweep_key) | read_done(skipped_path, sweep_key)
+    record = checkpoint_fields(model, out_path)
     configs = sweep_configurations(model.cfg.n_layers, sources, window, include_last_prompt_position, baseline)
     with logging_redirect_tqdm():
         for row in tqdm(rows, desc="knockout sweep", unit="sample"):
@@ -266,13 +270,14 @@ def knockout_sweep(model, rows: Iterable[ManifestRow], out_path: str | Path, *,
             for prompt, prompt_todo in todo.items():
                 if prompt_todo:
                     done |= sweep_sample(model, sample_inputs(sample), row.sample_id, prompt, prompt_todo, out_path,
-                                         max_new_tokens, include_last_prompt_position, max_rows_per_pass,
-                                         fps=fps, **prepare_kwargs)
+                                         record, max_new_tokens, include_last_prompt_position,
+                                         max_rows_per_pass, fps=fps, **prepare_kwargs)
     return out_path
 
 
 def sweep_sample(model, media: dict[str, Any], sample_id: str, prompt: str,
-                 configs: list[tuple[str, int | None, Knockout | None]], out_path: Path, max_new_tokens: int,
+                 configs: list[tuple[str, int | None, Knockout | None]], out_path: Path,
+                 record: Mapping[str, str], max_new_tokens: int,
                  include_last_prompt_position: bool, max_rows_per_pass: int, **prepare_kwargs: Any) -> set:
     """Run one sample's configurations under one prompt, append their rows (and skips); the keys written."""
     try:
@@ -303,7 +308,7 @@ def sweep_sample(model, media: dict[str, Any], sample_id: str, prompt: str,
         for (source, centre, ko), row_tokens, text in zip(chunk, tokens.tolist(), texts):
             rows.append(SweepRow(sample_id, prompt, source, centre, list(ko.layers) if ko else [],
                                  include_last_prompt_position, text, trim_after_stop(row_tokens, stops)))
-    append_rows(out_path, (asdict(r) for r in rows))
+    append_rows(out_path, ({**asdict(r), **record} for r in rows))
     return {r.key() for r in rows} | {sweep_key(s) for s in skips}
 
 

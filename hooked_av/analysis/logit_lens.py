@@ -19,6 +19,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from hooked_av.analysis.samples import per_sample_run
+from hooked_av.data.caption_run import checkpoint_fields
+from hooked_av.data.jsonl import output_file
 from hooked_av.data.manifest import ManifestRow, Sample, sample_inputs
 from hooked_av.model.errors import InputError, check_layer
 from hooked_av.model.modality import Modality
@@ -159,17 +161,19 @@ def latent_words_run(model, rows: Iterable[ManifestRow], out_path: str | Path, *
     Rows (sample_id, prompt, words, last_layers, top_k) are what `hooked_av.eval.score_captions(...,
     modalities=("latent_audio",))` scores against the audio captions: the paper's latent audio understanding.
     rows: manifest rows (`hooked_av.data.manifest.read_manifest`), as `caption_manifest` and `knockout_sweep` take
-    them; sample ids must be unique. Resumable: samples already in the file are skipped; unreadable ones go to
-    `<out>.errors.jsonl`. table=True decodes every layer and adds the top-1 table of Fig. 5 to each row (layers,
-    positions, input_tokens, top1_ids, top1, top1_prob: [layer][position]), which `lens_from_row` turns back into
-    a LogitLensResult for `plot_logit_lens`; the words are still those of the last `last_layers` layers.
+    them; sample ids must be unique. Each row records the checkpoint (`model`, `model_hash`, as caption rows do;
+    a file another checkpoint wrote is refused). Resumable: samples already in the file are skipped; unreadable
+    ones go to `<out>.errors.jsonl`. table=True decodes every layer and adds the top-1 table of Fig. 5 to each
+    row (layers, positions, input_tokens, top1_ids, top1, top1_prob: [layer][position]), which `lens_from_row`
+    turns back into a LogitLensResult for `plot_logit_lens`; the words are still those of the last `last_layers` layers.
     """
     layers = range(0 if table else max(0, model.cfg.n_layers - last_layers), model.cfg.n_layers)
+    record = checkpoint_fields(model, output_file(out_path))
 
     def words(sample: Sample) -> dict[str, Any]:
         batch = model.prepare_inputs(prompt, **sample_inputs(sample), fps=fps, **prepare_kwargs)
         lens = logit_lens(model, batch, positions="audio", layers=layers, top_k=top_k)
-        return {"words": lens.words(last_layers, top_k), "last_layers": last_layers, "top_k": top_k,
+        return {"words": lens.words(last_layers, top_k), "last_layers": last_layers, "top_k": top_k, **record,
                 **(top1_table(lens) if table else {})}
 
     return per_sample_run(rows, out_path, "latent words", words, {"prompt": prompt}, fps, sampling_rate)

@@ -171,6 +171,14 @@ def load_media(row: ManifestRow, fps: float, sampling_rate: int,
     return sample.frames, sample.audio
 
 
+def checkpoint_fields(model, out_path: Path) -> dict[str, str]:
+    """`model` and `model_hash` for the rows of a generation file the judge scores (its score key holds the hash:
+    knockout sweeps, logit-lens word sets), after refusing a file that another checkpoint wrote."""
+    info = describe_checkpoint(model)
+    check_same_run(out_path, {"engine": "hooked", "model_hash": info.model_hash}, info.model)
+    return {"model": info.model, "model_hash": info.model_hash}
+
+
 def check_same_run(out_path: Path, run: dict[str, Any], model: str) -> None:
     """Refuse to resume a file written by another checkpoint or with other generation settings: its rows would be
     skipped as done and the file would mix two runs. The weights hash decides, so a moved folder resumes."""

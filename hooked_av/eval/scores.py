@@ -4,8 +4,9 @@ Inputs are plain JSONL written by hooked_av/data (read here as dicts):
 - manifest (validated by hooked_av.data.manifest.read_manifest): sample_id, audio_captions (list of human
   captions), video_caption (str or null), counterfactual;
 - captions row: sample_id, prompt, caption, model, model_hash, counterfactual (hooked_av.data.caption_run), a
-  knockout sweep row: sample_id, prompt, source, centre_layer, text (hooked_av.analysis.knockout), one per
-  configuration, or a logit-lens word-set row: sample_id, prompt, words
+  knockout sweep row: sample_id, prompt, source, centre_layer, text, model, model_hash
+  (hooked_av.analysis.knockout), one per configuration, or a logit-lens word-set row: sample_id, prompt, words,
+  model, model_hash
   (hooked_av.analysis.logit_lens.latent_words_run), scored with modalities=("latent_audio",).
 Output row: sample_id, prompt, modality, caption_model, caption_model_hash (the captions row's model and
 model_hash: two checkpoints' captions of one sample are two keys), counterfactual (from the manifest when the
