@@ -17,12 +17,11 @@
 
 # %%
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
+from _common import output_folder
 
 import hooked_av
 from hooked_av import HookedAVModel
@@ -31,7 +30,7 @@ from hooked_av.organism import shipped_organism
 from hooked_av.plot import plot_attention_by_modality
 
 CONFIGS = Path(hooked_av.__file__).resolve().parent.parent / "model_configs"
-out = Path(os.environ.get("HOOKED_AV_TUTORIAL_OUT") or tempfile.mkdtemp(prefix="adding_an_architecture_"))
+out = output_folder("adding_an_architecture")
 
 # %% [markdown]
 # ## 1. A family file of your own

@@ -8,10 +8,10 @@
 
 # %%
 import os
-import tempfile
 from pathlib import Path
 
 import torch
+from _common import output_folder
 
 from hooked_av import HookedAVModel
 from hooked_av.analysis.logit_lens import logit_lens
@@ -27,7 +27,7 @@ if "HOOKED_AV_MODEL" in os.environ:
 else:
     model = HookedAVModel.from_pretrained(shipped_organism())
     manifest = export_testset(default_testset_dir(8), n=8)
-out = Path(os.environ.get("HOOKED_AV_TUTORIAL_OUT") or tempfile.mkdtemp(prefix="hooks_101_"))
+out = output_folder("hooks_101")
 print(model.cfg.family, model.cfg.n_layers, "layers, d_model", model.cfg.d_model)
 
 row = next(r for r in read_manifest(manifest) if r.counterfactual)
