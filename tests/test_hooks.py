@@ -333,6 +333,8 @@ def test_token_helpers_use_the_chat_template_and_media(omni, media):
     assert strs.count("<|AUDIO|>") == int(model.modality_map(batch).mask("audio").sum())
     assert model.to_str_tokens(batch) == strs and model.to_str_tokens(ids[0]) == strs
     assert model.to_string(raw[0]) == PROMPT_TEXT and model.to_string(raw) == [PROMPT_TEXT]
+    # one token id (a 0-d tensor, as logits.argmax() gives, or an int) decodes to its string, as in TransformerLens
+    assert model.to_string(raw[0, 0]) == model.to_string(int(raw[0, 0])) == tok.decode([int(raw[0, 0])])
     audio = model.modality_map(batch).positions("audio")
     assert model.get_token_position("<|AUDIO|>", batch) == int(audio[0])
     assert model.get_token_position("<|AUDIO|>", PROMPT_TEXT, mode="last", audio=media["audio"]) == int(audio[-1])

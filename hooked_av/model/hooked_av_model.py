@@ -239,10 +239,10 @@ class HookedAVModel(HookedRootModule):
         return rows[0] if len(rows) == 1 else rows
 
     def to_string(self, tokens: Int[Tensor, "... pos"] | Sequence[int]) -> str | list[str]:
-        """Decoded text of token ids, special tokens kept: a string for 1-D ids, a list for a batch."""
+        """Decoded text of token ids, special tokens kept: a string for one id or 1-D ids, a list for a batch."""
         tokenizer = self.adapter.require_processor("to_string").tokenizer
         tokens = torch.as_tensor(tokens)
-        if tokens.ndim == 1:
+        if tokens.ndim <= 1:
             return tokenizer.decode(tokens.tolist(), clean_up_tokenization_spaces=False)
         return tokenizer.batch_decode(tokens.tolist(), clean_up_tokenization_spaces=False)
 
