@@ -5,7 +5,10 @@ prepare_inputs(question, video=frames, audio=wave) on the raw inputs."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -111,8 +114,8 @@ def test_fbank_of_audio_alone_is_bit_exact(batches):
 def test_fbank_of_video_audio_differs_by_at_most_one_bf16_step_in_a_few_values(batches, case):
     """The audio-of-video path computes the fbank in float32 (audio alone: float64). Our float32 result differs
     from the official by a few float32 ulps, which flips the bf16 rounding of values that sit on a rounding
-    midpoint (measured: 7 of 383,744 values per row). The same ops on another CPU give the same kind of
-    differences; it is not a different formula (the float64 path is bit exact)."""
+    midpoint (measured: 7 of 383,744 values per row). It is MKL's float32 FFT dispatching by CPU, not a different
+    formula: on MKL's COMPATIBLE path the values are bit exact (next but one test)."""
     ours, ref = batches[case]["audio_fbank"].float(), official_fbank(case)
     differ = ours != ref
     assert differ.float().mean() < 1e-4
@@ -203,6 +206,32 @@ def test_logits_residual_and_media_embeddings_equal_the_official(model, batches,
 def test_logits_from_our_own_video_audio_fbank_stay_close(model, batches, case):
     logits, _ = run(model, batches[case])
     assert (logits - official(case)["logits"]).abs().max() < 5e-3  # measured 1.4e-3
+
+
+def test_on_mkls_compatible_path_our_video_audio_fbank_and_logits_equal_the_official():
+    """The few-ulp difference above is MKL's float32 FFT dispatching by CPU, not our formula: with MKL's
+    conditional numerical reproducibility on its COMPATIBLE path (read when MKL starts, so in a fresh process)
+    our own fbank of a video's audio is bit exact and the logits from it are within 1e-4 of the official."""
+    env = {**os.environ, "MKL_CBWR": "COMPATIBLE"}
+    result = subprocess.run([sys.executable, "-c", COMPATIBLE_PATH_CHECK], env=env, capture_output=True, text=True,
+                            cwd=Path(__file__).parent.parent, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.splitlines()[-1]) == {case: [0, True] for case in AV_CASES}
+
+
+COMPATIBLE_PATH_CHECK = """
+import json, torch
+from tests.test_videollama2 import AV_CASES, CHECKPOINT, HookedAVModel, official, official_fbank, raw_inputs, run
+model = HookedAVModel.from_pretrained(CHECKPOINT, dtype=torch.float32)
+out = {}
+for case in AV_CASES:
+    question, video, audio = raw_inputs(case)
+    batch = model.prepare_inputs(question, video=video, audio=audio)
+    differ = int((batch["audio_fbank"].float() != official_fbank(case)).sum())
+    logits, _ = run(model, batch)
+    out[case] = [differ, bool((logits - official(case)["logits"]).abs().max() <= 1e-4)]
+print(json.dumps(out))
+"""
 
 
 @pytest.mark.parametrize("case", CASES)
