@@ -29,3 +29,17 @@ def test_a_layer_does_not_import_the_layers_above_it(layer):
                        for path in (PACKAGE / layer).rglob("*.py") for name in imported_modules(path)
                        if name.startswith(FORBIDDEN[layer]))
     assert not offending
+
+
+FAMILY_PACKAGES = sorted(p.name for p in (PACKAGE / "families").iterdir() if (p / "__init__.py").is_file())
+
+
+@pytest.mark.parametrize("family", FAMILY_PACKAGES)
+def test_a_family_package_imports_no_other_familys_package(family):
+    """What two families share lives in a shared module of hooked_av.families (chat, whisper_frames), so a
+    family can be removed or changed without touching another."""
+    others = tuple(f"hooked_av.families.{other}" for other in FAMILY_PACKAGES if other != family)
+    offending = sorted(f"{path.relative_to(PACKAGE)} imports {name}"
+                       for path in (PACKAGE / "families" / family).rglob("*.py") for name in imported_modules(path)
+                       if name.startswith(others))
+    assert not offending

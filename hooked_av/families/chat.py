@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from hooked_av.data.media import load_audio, load_image, load_video
 from hooked_av.model.errors import InputError
@@ -21,6 +22,11 @@ class Sample:
     audio: np.ndarray | None = None
     image: np.ndarray | None = None
     messages: list[dict[str, Any]] = field(default_factory=list)
+
+
+def to_pil(image: Any) -> Image.Image:
+    """A frame or image as the PIL image the official processors take (uint8 arrays are converted)."""
+    return image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
 
 
 def per_sample(value: Any, n: int, name: str) -> list[Any]:

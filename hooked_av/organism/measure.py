@@ -309,7 +309,7 @@ def headline(result: dict[str, Any]) -> str:
             lines.append(f"- Fig. 6 {setting} audio fidelity: none {r['none']:.3f}; gen->video blocked, window "
                          f"{f['window']} by centre {fmt(r['video'].values())}; gen->audio blocked "
                          f"{fmt(r['audio'].values())}")
-        lines.append(f"- Fig. 6 cf, all layers: " + ", ".join(f"{k} {v:.3f}" for k, v in f["all_layers"].items()))
+        lines.append("- Fig. 6 cf, all layers: " + ", ".join(f"{k} {v:.3f}" for k, v in f["all_layers"].items()))
     if "fig7" in result:
         for setting, f in result["fig7"].items():
             parts = [f"{part} (n={f[part].get('n_tokens', 0)}): KL {f[part].get('kl_av_base', float('nan')):.3f}, "

@@ -15,11 +15,10 @@ from torch import Tensor
 
 from hooked_av.data.media import load_audio, load_image, load_video
 from hooked_av.model.adapter import Batch, FamilyAdapter, require, text_positions
-from hooked_av.families.chat import MediaPath, per_sample
+from hooked_av.families.chat import MediaPath, per_sample, to_pil
 from hooked_av.families.internvl.modeling import InternOmniModel, InternVLChatModel
 from hooked_av.families.internvl.processor import AUDIO, IMAGE, InternVLProcessor, Row
 from hooked_av.families.internvl.whisper import SAMPLING_RATE
-from hooked_av.families.minicpm_o.adapter import to_pil
 from hooked_av.model.errors import InputError, MissingProcessorError, PlaceholderMismatchError
 from hooked_av.model.family_spec import FamilySpec
 from hooked_av.model.modality import Modality

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from hooked_av.families.minicpm_o.whisper import encoder_lengths
+from hooked_av.families.whisper_frames import encoder_lengths
 
 SAMPLING_RATE = 16000
 HOP_LENGTH = 160

@@ -13,17 +13,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.nn import functional as F
 
 from hooked_av.data.media import load_audio, load_image, load_video
 from hooked_av.model.adapter import Batch, FamilyAdapter, text_positions
-from hooked_av.families.chat import MediaPath, per_sample
+from hooked_av.families.chat import MediaPath, per_sample, to_pil
 from hooked_av.families.minicpm_o.modeling import MiniCPMO
 from hooked_av.families.minicpm_o.navit import encode_images
 from hooked_av.families.minicpm_o.processor import OMNI_SYSTEM_PROMPT, MiniCPMOProcessor
-from hooked_av.families.minicpm_o.whisper import encoder_lengths
+from hooked_av.families.whisper_frames import encoder_lengths
 from hooked_av.model.errors import InputError, MissingProcessorError, PlaceholderMismatchError
 from hooked_av.model.family_spec import FamilySpec
 from hooked_av.model.modality import Modality
@@ -148,10 +147,6 @@ def span_mask(input_ids: Tensor, opens: Tensor, closes: Tensor) -> Tensor:
     is_open = torch.isin(input_ids, opens.to(input_ids.device))
     depth = is_open.long().cumsum(-1) - torch.isin(input_ids, closes.to(input_ids.device)).long().cumsum(-1)
     return (depth > 0) & ~is_open
-
-
-def to_pil(image: Any) -> Image.Image:
-    return image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
 
 
 def media_messages(prompt: str, frames: np.ndarray | None, wave: np.ndarray | None, image: Any, fps: float,

@@ -14,11 +14,6 @@ from torch import Tensor, nn
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 
-def encoder_lengths(mel_frames: Tensor) -> Tensor:
-    """Encoder frames after the stride-2 convolution."""
-    return (mel_frames - 1) // 2 + 1
-
-
 def block_causal_mask(mel_frames: Int[Tensor, "batch"], length: int, chunk: int, dtype: torch.dtype
                       ) -> Float[Tensor, "batch 1 length length"]:
     """Additive mask: frame i sees frames up to the end of its `chunk`-frame block.

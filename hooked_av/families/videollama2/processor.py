@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from hooked_av.families.chat import to_pil
 from hooked_av.families.videollama2.beats import BEATs, BEATsConfig
 from hooked_av.families.videollama2.fbank import kaldi_fbank
 from hooked_av.families.videollama2.modeling import read_json, vision_tower_folder
@@ -118,8 +119,7 @@ class VideoLLaMA2Processor:
     # ---- media --------------------------------------------------------------------------------------------
     def frames(self, video: Any) -> list[Image.Image]:
         """The frames as given (the official code samples only files), padded with black frames to num_frames."""
-        frames = [f if isinstance(f, Image.Image) else Image.fromarray(np.asarray(f, dtype=np.uint8))
-                  for f in video]
+        frames = [to_pil(f) for f in video]
         if not frames:
             raise InputError("the video holds no frames")
         frames += [Image.new("RGB", frames[0].size)] * max(self.num_frames - len(frames), 0)
