@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import threading
@@ -125,6 +126,26 @@ def test_cache_is_keyed_by_judge_model(tmp_path):
     other.name = "another-judge"
     Judge(other, cache=path).score(AUDIO_FIDELITY, ["ref"], "x")
     assert other.prompts_sent == 1
+
+
+def test_cache_keeps_free_and_schema_constrained_answers_apart(tmp_path):
+    """A free answer (often malformed) must not be replayed for a constrained run of the same judge, nor back;
+    free answers keep the key caches had before the decoding mode joined it."""
+    path = tmp_path / "cache.jsonl"
+    free = ScriptedBackend()
+    Judge(free, cache=path).score(AUDIO_FIDELITY, ["ref"], "x")
+    constrained = ScriptedBackend()
+    constrained.decoding = "json_schema"
+    Judge(constrained, cache=path).score(AUDIO_FIDELITY, ["ref"], "x")
+    assert constrained.prompts_sent == 1
+    again = ScriptedBackend()
+    again.decoding = "json_schema"
+    Judge(again, cache=path).score(AUDIO_FIDELITY, ["ref"], "x")
+    assert again.prompts_sent == 0
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [row["decoding"] for row in rows] == ["free", "json_schema"]
+    prompt = free.calls[0][0]
+    assert rows[0]["key"] == hashlib.sha256(json.dumps([free.name, prompt], ensure_ascii=False).encode()).hexdigest()
 
 
 def test_cache_tolerates_a_torn_line_and_concurrent_appends(tmp_path):

@@ -101,7 +101,9 @@ def test_client_errors_are_not_retried(server):
 
 def test_falls_back_without_response_format_when_the_server_rejects_it(server):
     backend = client(server, "noschema")
+    assert backend.decoding == "json_schema"
     assert backend.complete(["p"]) == [GOOD_ANSWER]
+    assert backend.decoding == "free"  # the judge caches these answers as free ones
     assert backend.complete(["q"]) == [GOOD_ANSWER]
     # rejected once, then plain requests only
     assert ["response_format" in b for b in server.bodies("noschema")] == [True, False, False]

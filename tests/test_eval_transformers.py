@@ -46,7 +46,7 @@ class CountingBackend:
     """Wraps a backend and counts the prompts it is asked to generate for."""
 
     def __init__(self, inner: JudgeBackend):
-        self.inner, self.name, self.prompts = inner, inner.name, 0
+        self.inner, self.name, self.decoding, self.prompts = inner, inner.name, inner.decoding, 0
 
     def complete(self, prompts: list[str]) -> list[str]:
         self.prompts += len(prompts)
@@ -70,6 +70,8 @@ def test_real_judge_call_end_to_end_then_from_the_cache(smollm2, tmp_path):
     again = Judge(counting, cache=tmp_path / "cache.jsonl", max_attempts=1)  # a restart: cache read from disk
     assert again.score(AUDIO_FIDELITY, refs, "A man talks to his barking dog.") == result
     assert counting.prompts == 1  # the second call cost no generation
+    cached = [json.loads(line) for line in (tmp_path / "cache.jsonl").read_text().splitlines()]
+    assert [row["decoding"] for row in cached] == ["json_schema"]
 
 
 def test_left_padded_batch_matches_one_by_one(smollm2):

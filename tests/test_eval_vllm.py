@@ -57,6 +57,7 @@ def test_structured_outputs_and_chat_calls(monkeypatch):
     backend = VLLMBackend("Qwen/Qwen3-32B", max_tokens=99, chat_template_kwargs={"enable_thinking": False},
                           tensor_parallel_size=2)
     assert isinstance(backend, JudgeBackend) and backend.name == "Qwen/Qwen3-32B"
+    assert backend.decoding == "json_schema"
     assert rec.llm_kwargs == {"model": "Qwen/Qwen3-32B", "tensor_parallel_size": 2}
     assert rec.sampling_kwargs == {"temperature": 0.0, "max_tokens": 99,
                                    "structured_outputs": ("constraint", "StructuredOutputsParams", JUDGEMENT_SCHEMA)}

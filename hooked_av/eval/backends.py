@@ -38,7 +38,8 @@ class JudgeBackend(Protocol):
         ...
 
 # A backend may also have `check() -> None`: a quick request that raises JudgeBackendError when the backend cannot
-# answer; Judge.check calls it before a run has its first prompt to send.
+# answer; Judge.check calls it before a run has its first prompt to send. And `decoding: str`: "json_schema" while
+# its answers are constrained to the judgement schema, "free" otherwise (the default); part of the cache key.
 
 
 def chat(prompt: str) -> list[dict[str, str]]:
@@ -65,6 +66,7 @@ class VLLMBackend:
                  **llm_kwargs: Any):
         vllm = import_vllm("the vllm judge backend", "or use --backend openai against a `vllm serve` server")
         self.name = model
+        self.decoding = "json_schema"
         self.chat_template_kwargs = chat_template_kwargs
         self._llm = vllm.LLM(model=model, **llm_kwargs)
         self._params = greedy_params(vllm, max_tokens,
@@ -137,6 +139,10 @@ class OpenAICompatibleBackend:
             raise JudgeBackendError(f"judge server {self.url} sent no choices[0].message: {str(response)[:300]}")
         # "" when the server put everything in a separate reasoning field
         return message_content(response) or ""
+
+    @property
+    def decoding(self) -> str:
+        return "json_schema" if self.json_schema else "free"
 
     def _body(self, prompt: str, json_schema: bool) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.name, "messages": chat(prompt), "temperature": 0.0,
@@ -230,6 +236,7 @@ class TransformersBackend:
         # the model's vocabulary can be wider than the tokenizer's (padded embeddings): the mask covers the logits
         self.constraint = (None if json_schema is None else
                            SchemaConstraint(self.tokenizer, self.model.config.vocab_size, json_schema))
+        self.decoding = "free" if json_schema is None else "json_schema"
 
     def complete(self, prompts: list[str]) -> list[str]:
         return [answer for start in range(0, len(prompts), self.batch_size)

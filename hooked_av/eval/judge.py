@@ -15,7 +15,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from hooked_av.eval.backends import JudgeBackend
-from hooked_av.eval.cache import JudgeCache
+from hooked_av.eval.cache import FREE, JudgeCache
 from hooked_av.eval.errors import JudgeBackendError, MalformedJudgeOutput
 from hooked_av.eval.parse import parse_judgement
 from hooked_av.eval.rubric import LATENT_AUDIO, Rubric, with_format_reminder
@@ -69,6 +69,10 @@ class Judge:
     def model_name(self) -> str:
         return self.backend.name
 
+    @property
+    def decoding(self) -> str:
+        return getattr(self.backend, "decoding", FREE)
+
     def check(self) -> None:
         """Let the backend fail fast (a server's short check request) before a run; once per Judge."""
         check = getattr(self.backend, "check", None)
@@ -105,7 +109,7 @@ class Judge:
         answers: dict[str, str] = {}
         misses: list[str] = []
         for prompt in dict.fromkeys(prompts):  # a prompt repeated in one call is generated once
-            cached = self.cache.get(self.model_name, prompt) if self.cache is not None else None
+            cached = self.cache.get(self.model_name, prompt, self.decoding) if self.cache is not None else None
             if cached is None:
                 misses.append(prompt)
             else:
@@ -115,13 +119,13 @@ class Judge:
                   disable=len(misses) <= self.batch_size) as bar:  # shown when a call spans several batches
             for start in range(0, len(misses), self.batch_size):
                 batch = misses[start:start + self.batch_size]
-                generated = self.backend.complete(batch)
+                generated = self.backend.complete(batch)  # may change the decoding (a server refusing schemas)
                 if len(generated) != len(batch):
                     raise JudgeBackendError(f"judge backend {self.model_name} returned {len(generated)} answers "
                                             f"for {len(batch)} prompts")
                 self.stats.prompts_sent += len(batch)
                 if self.cache is not None:
-                    self.cache.put_many(self.model_name, zip(batch, generated))
+                    self.cache.put_many(self.model_name, zip(batch, generated), self.decoding)
                 answers.update(zip(batch, generated))
                 bar.update(len(batch))
         return [answers[p] for p in prompts]
