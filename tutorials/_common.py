@@ -39,3 +39,13 @@ def run_step(inputs: StudyInputs, config: StudyConfig, out: Path) -> None:
     command lines a user could type."""
     write_study_manifest(inputs, config, out)
     run_commands([c for c in study_commands(inputs, config, out) if c.argv[0] != "plot"])
+
+
+def print_inputs(inputs: StudyInputs, out: Path) -> None:
+    print("model:", inputs.model, "\ndata:", inputs.data, "\nresults:", out)
+
+
+def print_numbers(lines) -> None:
+    """The report's lines for a figure: what was measured, on how many samples, next to the paper's number."""
+    for line in lines:
+        print(f"{line.measure}: {line.shown()} (n={line.n}; paper: {line.paper})")

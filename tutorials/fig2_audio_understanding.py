@@ -11,7 +11,7 @@
 # from `hooked-av build-counterfactuals`); `HOOKED_AV_SAMPLES` sets the sample count per setting.
 
 # %%
-from _common import SAMPLES, output_folder, run_step, tutorial_inputs
+from _common import SAMPLES, output_folder, print_inputs, print_numbers, run_step, tutorial_inputs
 
 from hooked_av.data.jsonl import iter_rows
 from hooked_av.plot.files import FIGURE_FILES, RESULT_FILES, figure2
@@ -20,7 +20,7 @@ from hooked_av.study.run import StudyConfig
 
 inputs = tutorial_inputs()
 out = output_folder("fig2")
-print("model:", inputs.model, "\ndata:", inputs.data, "\nresults:", out)
+print_inputs(inputs, out)
 
 # %% [markdown]
 # The study's `caption` step answers each prompt ("Describe what you see and hear.", "Describe what you hear.",
@@ -43,6 +43,5 @@ for row in [r for r in iter_rows(out / RESULT_FILES["captions"]) if r["counterfa
 
 # %%
 png = figure2(out / RESULT_FILES["caption_scores"], out / FIGURE_FILES["fig2"])
-for line in report.fig2(out):
-    print(f"{line.measure}: {line.shown()} (n={line.n}; paper: {line.paper})")
+print_numbers(report.fig2(out))
 print("figure:", png)

@@ -11,7 +11,7 @@
 # from `hooked-av build-counterfactuals`); `HOOKED_AV_SAMPLES` sets the sample count per setting.
 
 # %%
-from _common import SAMPLES, output_folder, run_step, tutorial_inputs
+from _common import SAMPLES, output_folder, print_inputs, print_numbers, run_step, tutorial_inputs
 
 from hooked_av.plot.files import FIGURE_FILES, RESULT_FILES, figure4
 from hooked_av.study import report
@@ -19,7 +19,7 @@ from hooked_av.study.run import StudyConfig
 
 inputs = tutorial_inputs()
 out = output_folder("fig4")
-print("model:", inputs.model, "\ndata:", inputs.data, "\nresults:", out)
+print_inputs(inputs, out)
 
 # %% [markdown]
 # The study's `attention` step generates an answer per sample and records, per layer, the attention share of
@@ -33,6 +33,5 @@ run_step(inputs, StudyConfig(steps=("attention",), samples=SAMPLES, max_new_toke
 
 # %%
 png = figure4(out / RESULT_FILES["attention"], out / FIGURE_FILES["fig4"])
-for line in report.fig4(out):
-    print(f"{line.measure}: {line.shown()} (n={line.n}; paper: {line.paper})")
+print_numbers(report.fig4(out))
 print("figure:", png)

@@ -10,7 +10,7 @@
 # from `hooked-av build-counterfactuals`); `HOOKED_AV_SAMPLES` sets the sample count per setting.
 
 # %%
-from _common import SAMPLES, output_folder, run_step, tutorial_inputs
+from _common import SAMPLES, output_folder, print_inputs, print_numbers, run_step, tutorial_inputs
 
 from hooked_av.plot.files import FIGURE_FILES, RESULT_FILES, figure5
 from hooked_av.study import report
@@ -20,7 +20,7 @@ LAST_LAYERS = 3  # latent words from the last layers (the organism has 6)
 
 inputs = tutorial_inputs()
 out = output_folder("fig5")
-print("model:", inputs.model, "\ndata:", inputs.data, "\nresults:", out)
+print_inputs(inputs, out)
 
 # %% [markdown]
 # The study's `logit-lens` step decodes every layer at the audio positions (`hooked_av.analysis.logit_lens`),
@@ -34,6 +34,5 @@ run_step(inputs, StudyConfig(steps=("logit-lens",), samples=SAMPLES, max_new_tok
 
 # %%
 png = figure5(out / RESULT_FILES["logit_lens"], out / FIGURE_FILES["fig5"])
-for line in report.fig5(out):
-    print(f"{line.measure}: {line.shown()} (n={line.n}; paper: {line.paper})")
+print_numbers(report.fig5(out))
 print("figure:", png)

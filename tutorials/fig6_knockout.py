@@ -13,7 +13,7 @@
 # %%
 import os
 
-from _common import SAMPLES, output_folder, run_step, tutorial_inputs
+from _common import SAMPLES, output_folder, print_inputs, print_numbers, run_step, tutorial_inputs
 
 from hooked_av.plot.files import FIGURE_FILES, RESULT_FILES, figure6
 from hooked_av.study import report
@@ -23,7 +23,7 @@ WINDOW = ORGANISM_WINDOW if "HOOKED_AV_MODEL" not in os.environ else 9  # layers
 
 inputs = tutorial_inputs()
 out = output_folder("fig6")
-print("model:", inputs.model, "\ndata:", inputs.data, "\nresults:", out)
+print_inputs(inputs, out)
 
 # %% [markdown]
 # The study's `knockout-sweep` step generates under each blocked window (`hooked_av.analysis.knockout`), and
@@ -37,6 +37,5 @@ run_step(inputs, StudyConfig(steps=("knockout-sweep",), samples=SAMPLES, max_new
 
 # %%
 png = figure6(out / RESULT_FILES["knockout_scores"], out / FIGURE_FILES["fig6"], WINDOW)
-for line in report.fig6(out):
-    print(f"{line.measure}: {line.shown()} (n={line.n}; paper: {line.paper})")
+print_numbers(report.fig6(out))
 print("figure:", png)

@@ -12,7 +12,7 @@
 # from `hooked-av build-counterfactuals`); `HOOKED_AV_SAMPLES` sets the sample count per setting.
 
 # %%
-from _common import SAMPLES, output_folder, run_step, tutorial_inputs
+from _common import SAMPLES, output_folder, print_inputs, print_numbers, run_step, tutorial_inputs
 
 from hooked_av.plot.files import FIGURE_FILES, RESULT_FILES, figure7
 from hooked_av.study import report
@@ -22,7 +22,7 @@ inputs = tutorial_inputs()
 if inputs.base_model is None:
     raise SystemExit("token shift needs a base model: set HOOKED_AV_BASE_MODEL")
 out = output_folder("fig7")
-print("model:", inputs.model, "\ndata:", inputs.data, "\nresults:", out)
+print_inputs(inputs, out)
 
 # %% [markdown]
 # The study's `token-shift` step generates with the audio-visual model under "Describe what you hear." and
@@ -36,6 +36,5 @@ run_step(inputs, StudyConfig(steps=("token-shift",), samples=SAMPLES, max_new_to
 
 # %%
 png = figure7(out / RESULT_FILES["token_shift"], out / FIGURE_FILES["fig7"])
-for line in report.fig7(out):
-    print(f"{line.measure}: {line.shown()} (n={line.n}; paper: {line.paper})")
+print_numbers(report.fig7(out))
 print("figure:", png)
