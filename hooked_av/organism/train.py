@@ -193,8 +193,13 @@ def draw_rows(rng: np.random.Generator, mixture: dict[str, float], batch_size: i
 
 
 @torch.enable_grad()  # whatever the caller's context (a no_grad test fixture, an analysis session)
-def train(cfg: TrainConfig, out: str | Path | None = None, log_every: int = 50, log=None) -> dict:
-    """Train, save to `out` (HF layout: safetensors, config, processor files, training.json); returns the summary."""
+def train(cfg: TrainConfig, out: str | Path | None = None, log_every: int = 50, log=None,
+          stop_after: int | None = None) -> dict:
+    """Train, save to `out` (HF layout: safetensors, config, processor files, training.json); returns the summary.
+
+    `stop_after` runs only the first steps of the schedule of `cfg.steps` (to check that a run follows a recorded
+    one, e.g. the shipped checkpoint's training.json).
+    """
     from hooked_av.model.hooked_av_model import HookedAVModel
 
     log = log or (lambda line: print(line, flush=True))
@@ -209,7 +214,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, log_every: int = 50, 
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
     rng = np.random.default_rng([cfg.seed, 1])
     history, window, start = [], [], time.time()
-    for step in range(cfg.steps):
+    for step in range(cfg.steps if stop_after is None else min(stop_after, cfg.steps)):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         optimizer.zero_grad(set_to_none=True)
@@ -225,7 +230,7 @@ def train(cfg: TrainConfig, out: str | Path | None = None, log_every: int = 50, 
         torch.nn.utils.clip_grad_norm_(hf_model.parameters(), cfg.grad_clip)
         optimizer.step()
         window.append(float(loss.detach()))
-        if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
+        if (step + 1) % log_every == 0 or step + 1 == cfg.steps or step + 1 == stop_after:
             history.append({"step": step + 1, "loss": float(np.mean(window)), "seconds": round(time.time() - start, 1)})
             log(json.dumps(history[-1]))
             window = []
