@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from hooked_av import HookedAVModel
+from hooked_av import HookedAVModel, InputError
 from hooked_av.organism import shipped_organism, shipped_twin, world
 from hooked_av.organism.measure import generate_texts, names_sound
 from hooked_av.organism.model import build_organism, build_twin
@@ -136,8 +136,13 @@ def test_shipped_twin_is_a_qwen2_5_vl_that_sees():
     assert sum(f"i see a {s.video_obj} ." == t for t, s in zip(texts, samples)) >= 7, texts
 
 
-def test_exported_test_set_is_a_manifest_built_by_algorithm_1(tmp_path):
-    manifest = export_testset(tmp_path / "set", n=8)
+@pytest.fixture(scope="module")
+def exported_set(tmp_path_factory):
+    return export_testset(tmp_path_factory.mktemp("organism") / "set", n=8)
+
+
+def test_exported_test_set_is_a_manifest_built_by_algorithm_1(exported_set):
+    manifest = exported_set
     factual = load_manifest_samples(manifest, counterfactual=False)
     cf = load_manifest_samples(manifest, counterfactual=True)
     assert len(factual) == len(cf) == 8
@@ -148,7 +153,25 @@ def test_exported_test_set_is_a_manifest_built_by_algorithm_1(tmp_path):
         assert np.array_equal(s.frames, rendered[s.sample_id].frames)  # lossless video
         assert s.audio.shape == (32000,)  # the AAC padding is cut at the declared duration
         assert np.corrcoef(s.audio, rendered[s.sample_id].audio)[0, 1] > 0.9  # AAC-coded, not shifted (~0 if so)
-    assert export_testset(tmp_path / "set", n=8) == manifest  # reused, not rebuilt
+    assert export_testset(manifest.parent.parent, n=8) == manifest  # reused, not rebuilt
+
+
+def test_measures_fig6_sweeps_the_test_sets_rows(organism, exported_set):
+    """Fig. 6 of `measure` runs the library's knockout_sweep over the exported rows: its unblocked answers are the
+    organism's own greedy answers, every window of both sources is scored, and in-memory samples are refused."""
+    from hooked_av.organism.measure import fig6
+
+    cf = load_manifest_samples(exported_set, limit=3, counterfactual=True)
+    factual = load_manifest_samples(exported_set, limit=2, counterfactual=False)
+    result = fig6(organism, cf, factual)
+    heard = generate_texts(organism, cf, world.PROMPT_HEAR)
+    assert result["cf"]["none"] == pytest.approx(np.mean([names_sound(t, s.true_sound) for t, s in zip(heard, cf)]))
+    for setting in ("cf", "factual"):
+        assert sorted(result[setting]["video"]) == sorted(result[setting]["audio"]) == list(range(6))
+    assert result["cf"]["video_layers"][0] == [0, 1] and result["cf"]["video_layers"][3] == [2, 3, 4]
+    assert max(result["cf"]["audio"].values()) <= result["cf"]["none"]  # blocking the sound never helps hearing
+    with pytest.raises(InputError, match="manifest rows"):
+        fig6(organism, in_memory(counterfactual_clips(1)), [])
 
 
 def test_class_embedder_maps_a_sound_to_its_source():

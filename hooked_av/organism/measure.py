@@ -38,6 +38,8 @@ from hooked_av.analysis.knockout import Knockout, generate_with_knockout, knocko
 from hooked_av.analysis.logit_lens import logit_lens
 from hooked_av.analysis.token_shift import aggregate_shift, token_shift
 from hooked_av.eval.keywords import keyword_score
+from hooked_av.data.manifest import ManifestRow
+from hooked_av.model.errors import InputError
 from hooked_av.organism import shipped_organism, shipped_twin, world
 from hooked_av.organism.testset import WorldSample, default_testset_dir, export_testset, load_manifest_samples
 
@@ -154,8 +156,12 @@ def fig5(model, counterfactual: Sequence[WorldSample], factual: Sequence[WorldSa
 
 
 # ---- Fig. 6 ------------------------------------------------------------------------------------------------------
-def sweep_samples(samples: Sequence[WorldSample]) -> list[dict[str, Any]]:
-    return [{"id": s.sample_id, "video": s.frames, "audio": s.audio, "use_audio_in_video": True} for s in samples]
+def sweep_rows(samples: Sequence[WorldSample]) -> list[ManifestRow]:
+    """The manifest rows `knockout_sweep` runs over (it decodes each clip itself, as for any data set)."""
+    if any(s.row is None for s in samples):
+        raise InputError("the Fig. 6 sweep runs over a test set's manifest rows: load the samples with "
+                         "load_manifest_samples, not in_memory")
+    return [s.row for s in samples]
 
 
 def fig6(model, counterfactual: Sequence[WorldSample], factual: Sequence[WorldSample], window: int = 3,
@@ -167,9 +173,9 @@ def fig6(model, counterfactual: Sequence[WorldSample], factual: Sequence[WorldSa
         for setting, samples in (("cf", counterfactual), ("factual", factual)):
             path = folder / f"sweep_{setting}.jsonl"
             path.unlink(missing_ok=True)
-            knockout_sweep(model, sweep_samples(samples), path, sources=("video", "audio"),
+            knockout_sweep(model, sweep_rows(samples), path, sources=("video", "audio"),
                            prompts=(world.PROMPT_HEAR,), window=window, max_new_tokens=MAX_NEW_TOKENS,
-                           fps=world.FPS)
+                           fps=world.FPS, sampling_rate=world.SAMPLING_RATE)
             table = load_sweep(path)
             truth = {s.sample_id: s for s in samples}
             table["audio_fidelity"] = [names_sound(t, truth[i].true_sound) for t, i in zip(table.text, table.sample_id)]

@@ -54,6 +54,7 @@ class WorldSample:
     audio: np.ndarray
     video_obj: str
     audio_obj: str
+    row: ManifestRow | None = None  # the manifest row it was decoded from (None: rendered in memory)
 
     @property
     def counterfactual(self) -> bool:
@@ -164,5 +165,5 @@ def load_manifest_samples(manifest: str | Path, limit: int | None = None,
     for row in rows[:limit]:
         sample = load_sample(row, fps=world.FPS, sampling_rate=world.SAMPLING_RATE)
         video_obj, audio_obj = ground_truth(row)
-        out.append(WorldSample(row.sample_id, sample.frames, sample.audio, video_obj, audio_obj))
+        out.append(WorldSample(row.sample_id, sample.frames, sample.audio, video_obj, audio_obj, row))
     return out
