@@ -4,6 +4,7 @@ written, and the README says what the demo does."""
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 import os
 import re
@@ -74,4 +75,13 @@ def test_the_docs_site_builds_strict(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     built = {p.relative_to(tmp_path / "site").as_posix() for p in (tmp_path / "site").rglob("index.html")}
     assert {"index.html", "study/index.html", "analyses/knockout/index.html", "benchmarks/index.html"} <= built
+    tutorials = sorted(p for p in (ROOT / "tutorials").glob("*.py") if not p.name.startswith("_"))
+    assert len(tutorials) == 7
+    for script in tutorials:  # every tutorial is a page (a script missing from the nav fails the strict build)
+        page = (tmp_path / "site" / "tutorials" / script.stem / "index.html").read_text()
+        text = html.unescape(re.sub(r"<[^>]+>", "", page))
+        lines = script.read_text().splitlines()
+        title = lines[1].removeprefix("# # ")  # the first markdown cell opens with the title
+        first_code_line = next(line for line in lines if line.strip() and not line.startswith("#"))
+        assert title in text and first_code_line in text, script.name
 
