@@ -287,3 +287,17 @@ def test_encoder_modules_on_the_official_inputs_equal_the_official_outputs(model
     n = official["audio_embeds"].shape[1]
     pooled = torch.nn.functional.avg_pool1d(stock.transpose(1, 2), 2, 2).transpose(1, 2)[:, :n]
     assert (hf.mlp2(pooled) - official["audio_embeds"]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("folder,parts", [(BASE_CHECKPOINT, 2), (CHECKPOINT, 3)], ids=["internvl2", "internomni"])
+def test_one_attention_implementation_for_the_llm_and_every_encoder(folder, parts):
+    """The family configs (CompositeConfig) set the attention implementation on every transformers sub-config
+    (InternVL 2: LLM and vision; InternOmni: and the Whisper encoder) and read it from the LLM's."""
+    from hooked_av.families.internvl.modeling import InternOmniConfig, InternVLChatConfig
+
+    raw = json.loads((folder / "config.json").read_text())
+    config = (InternOmniConfig if "audio_config" in raw else InternVLChatConfig)(**raw)
+    assert config.get_text_config() is config.text_config and len(config.sub_configs()) == parts
+    config._attn_implementation = "eager"
+    assert [sub._attn_implementation for sub in config.sub_configs()] == ["eager"] * parts
+    assert config._attn_implementation == "eager"

@@ -18,6 +18,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from transformers import InternVLVisionConfig, InternVLVisionModel, LlamaConfig, LlamaForCausalLM, WhisperConfig
 
+from hooked_av.families.composite_config import CompositeConfig
 from hooked_av.families.internvl.packed_qkv import split_thirds, split_wqkv
 from hooked_av.families.internvl.pixel_shuffle import pixel_shuffle
 from hooked_av.families.internvl.whisper import AudioModel
@@ -59,7 +60,7 @@ def vision_config(vision: dict[str, Any]) -> InternVLVisionConfig:
         hidden_act=vision.get("hidden_act", "gelu"), use_mean_pooling=True)  # InternViT has no final norm
 
 
-class InternVLChatConfig:
+class InternVLChatConfig(CompositeConfig):
     """The official config.json (`model_type` "internvl_chat"): `llm_config`, `vision_config` and the VLM fields."""
 
     def __init__(self, **config: Any):
@@ -86,21 +87,6 @@ class InternVLChatConfig:
     def num_image_token(self) -> int:
         """LLM tokens per tile: (image_size / patch_size)^2 * downsample_ratio^2 (256 for 448 px, patch 14)."""
         return int((self.image_size // self.vision_config.patch_size[0]) ** 2 * self.downsample_ratio ** 2)
-
-    def get_text_config(self) -> LlamaConfig:
-        return self.text_config
-
-    def sub_configs(self) -> list[Any]:
-        return [c for c in (self.text_config, self.vision_config, self.audio_config) if c is not None]
-
-    @property
-    def _attn_implementation(self) -> str | None:
-        return self.text_config._attn_implementation
-
-    @_attn_implementation.setter
-    def _attn_implementation(self, value: str) -> None:
-        for sub in self.sub_configs():
-            sub._attn_implementation = value
 
 
 class InternOmniConfig(InternVLChatConfig):

@@ -13,6 +13,7 @@ from torch import nn
 from transformers import Idefics2VisionConfig, Qwen2Config, Qwen2ForCausalLM, WhisperConfig
 from transformers.models.idefics2.modeling_idefics2 import Idefics2VisionTransformer
 
+from hooked_av.families.composite_config import CompositeConfig
 from hooked_av.families.minicpm_o.navit import NaViTEmbeddings
 from hooked_av.families.minicpm_o.resampler import Resampler
 from hooked_av.families.minicpm_o.whisper import AudioProjector, ChunkedWhisperEncoder
@@ -30,7 +31,7 @@ def _sub_config(config: dict[str, Any], key: str) -> dict[str, Any]:
     return {k: v for k, v in value.items() if k not in _METADATA}
 
 
-class MiniCPMOConfig:
+class MiniCPMOConfig(CompositeConfig):
     """The official config.json: Qwen2 LLM fields at the top level, SigLIP and Whisper sub-configs."""
 
     def __init__(self, **config: Any):
@@ -46,18 +47,6 @@ class MiniCPMOConfig:
         self.audio_chunk_length: float = config.get("audio_chunk_length", 1.0)
         self.chunk_input: bool = config.get("chunk_input", True)
         self.tie_word_embeddings: bool = self.text_config.tie_word_embeddings
-
-    def get_text_config(self) -> Qwen2Config:
-        return self.text_config
-
-    @property
-    def _attn_implementation(self) -> str | None:
-        return self.text_config._attn_implementation
-
-    @_attn_implementation.setter
-    def _attn_implementation(self, value: str) -> None:
-        for sub in (self.text_config, self.vision_config, self.audio_config):
-            sub._attn_implementation = value
 
 
 class MiniCPMO(nn.Module):

@@ -18,6 +18,7 @@ from safetensors import safe_open
 from torch import Tensor, nn
 from transformers import GenerationConfig, Qwen2Config, Qwen2Model, SiglipVisionConfig, SiglipVisionModel
 
+from hooked_av.families.composite_config import CompositeConfig
 from hooked_av.families.videollama2.beats import BEATs, BEATsConfig
 from hooked_av.families.videollama2.stc import STCConnector
 from hooked_av.model.errors import UnsupportedCheckpointError
@@ -54,7 +55,7 @@ def read_json(path: Path) -> dict[str, Any]:
         raise UnsupportedCheckpointError(f"cannot read {path} ({err})") from err
 
 
-class VideoLLaMA2Config:
+class VideoLLaMA2Config(CompositeConfig):
     """The official config.json (Qwen2 LLM fields at the top level, `mm_*` fields) plus the SigLIP tower's config,
     read from its own folder."""
 
@@ -84,18 +85,6 @@ class VideoLLaMA2Config:
         generation = folder / "generation_config.json"
         return cls(vision_tower_folder(folder, config.get("mm_vision_tower")),
                    read_json(generation) if generation.is_file() else None, **config)
-
-    def get_text_config(self) -> Qwen2Config:
-        return self.text_config
-
-    @property
-    def _attn_implementation(self) -> str | None:
-        return self.text_config._attn_implementation
-
-    @_attn_implementation.setter
-    def _attn_implementation(self, value: str) -> None:
-        for sub in (self.text_config, self.vision_config):
-            sub._attn_implementation = value
 
 
 class VideoLLaMA2AV(nn.Module):
