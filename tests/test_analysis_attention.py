@@ -5,27 +5,18 @@ from __future__ import annotations
 import torch
 
 from hooked_av import HookedAVModel
-from hooked_av.analysis.attention import aggregate_attention, attention_by_modality, group_index
+from hooked_av.analysis.attention import DEFAULT_GROUPS, aggregate_attention, attention_by_modality, group_index
 from hooked_av.testing.tiny import tiny_omni_thinker
+
+from .analysis_checks import assert_shares_match_a_full_forward
 
 
 def test_shares_sum_to_one_and_match_a_hand_computation(omni, omni_batches):
     _, _, model = omni
     batch = omni_batches["audio+video"]
     result = attention_by_modality(model, batch, max_new_tokens=6, stop_token_ids=[])
-    assert torch.allclose(result.per_head.sum(-1), torch.ones(model.cfg.n_layers, model.cfg.n_heads), atol=1e-5)
     assert result.n_queries == 5  # 6 generated tokens, the last one is never fed back
-    # By hand: full forward over prompt + generated tokens, the pattern rows of the generated queries.
-    out = model.generate(batch, max_new_tokens=6, stop_token_ids=[])
-    full = {**batch, "input_ids": out.sequences, "attention_mask": torch.ones_like(out.sequences)}
-    _, cache = model.run_with_cache(full, names_filter=lambda n: n.endswith("hook_pattern"))
-    n = batch["input_ids"].shape[1]
-    groups = group_index(out.modality_map.codes, {"video": ("video",), "audio": ("audio",), "image": ("image",),
-                                                   "text": ("text",)})[0]
-    for layer in range(model.cfg.n_layers):
-        rows = cache[f"blocks.{layer}.attn.hook_pattern"][0, :, n:n + 5]  # [head, query, key]
-        expected = torch.stack([rows[..., groups == g].sum(-1) for g in range(5)], dim=-1).mean(1)
-        assert torch.allclose(result.per_head[layer], expected, atol=1e-5)
+    assert_shares_match_a_full_forward(model, batch, result, DEFAULT_GROUPS, n_queries=5)
 
 
 def test_uniform_attention_gives_position_count_fractions(omni_batches):

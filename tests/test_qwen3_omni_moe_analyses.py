@@ -7,12 +7,13 @@ from __future__ import annotations
 import torch
 
 from hooked_av import HookedAVModel
-from hooked_av.analysis.attention import attention_by_modality, group_index
+from hooked_av.analysis.attention import DEFAULT_GROUPS, attention_by_modality
 from hooked_av.analysis.knockout import Knockout, generate_knockouts, generate_with_knockout, knockout_hooks
 from hooked_av.analysis.logit_lens import logit_lens
 from hooked_av.analysis.token_shift import token_shift
 from hooked_av.testing.tiny_qwen3_omni import tiny_qwen3_omni_thinker
 
+from .analysis_checks import assert_shares_match_a_full_forward
 from .test_analysis_knockout import hf_knockout
 
 
@@ -21,17 +22,7 @@ def test_attention_by_modality_matches_a_hand_computation(q3omni, q3_batches):
     batch = q3_batches["audio+video"]
     result = attention_by_modality(model, batch, max_new_tokens=5, stop_token_ids=[])
     assert result.n_queries == 4
-    assert torch.allclose(result.per_head.sum(-1), torch.ones(model.cfg.n_layers, model.cfg.n_heads), atol=1e-5)
-    out = model.generate(batch, max_new_tokens=5, stop_token_ids=[])
-    full = {**batch, "input_ids": out.sequences, "attention_mask": torch.ones_like(out.sequences)}
-    _, cache = model.run_with_cache(full, names_filter=lambda n: n.endswith("hook_pattern"))
-    n = batch["input_ids"].shape[1]
-    groups = group_index(out.modality_map.codes, {"video": ("video",), "audio": ("audio",), "image": ("image",),
-                                                   "text": ("text",)})[0]
-    for layer in range(model.cfg.n_layers):
-        rows = cache[f"blocks.{layer}.attn.hook_pattern"][0, :, n:n + 4]
-        expected = torch.stack([rows[..., groups == g].sum(-1) for g in range(5)], dim=-1).mean(1)
-        assert torch.allclose(result.per_head[layer], expected, atol=1e-5)
+    assert_shares_match_a_full_forward(model, batch, result, DEFAULT_GROUPS, n_queries=4)
 
 
 def test_logit_lens_last_layer_is_the_models_output_and_sees_deepstack(q3omni, q3_batches):
