@@ -77,6 +77,19 @@ EXTRA_TENSORS = {"talker.model.layers.0.self_attn.q_proj.weight": torch.ones(8, 
                  "token2wav.code2wav_dit_model.proj.weight": torch.ones(4, 4)}
 
 
+def write_shards(folder: Path, thinker: dict, extra: dict) -> None:
+    """The hub's sharded layout: the thinker's tensors in two shards, `extra` (talker, vocoder) in a third, and
+    model.safetensors.index.json mapping every name to its shard."""
+    keys = sorted(thinker)
+    shards = {"model-00001-of-00003.safetensors": {k: thinker[k] for k in keys[: len(keys) // 2]},
+              "model-00002-of-00003.safetensors": {k: thinker[k] for k in keys[len(keys) // 2:]},
+              "model-00003-of-00003.safetensors": dict(extra)}
+    for file, tensors in shards.items():
+        save_file(tensors, str(folder / file))
+    index = {"metadata": {}, "weight_map": {k: f for f, t in shards.items() for k in t}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
 def write_full_omni_checkpoint(folder: Path, hf_model, processor_folder: Path, sharded: bool) -> set[str]:
     """A full Qwen2.5-Omni folder: thinker under 'thinker.', plus talker and token2wav. Returns the thinker keys."""
     thinker = {hub_name(k): v.detach().clone().contiguous() for k, v in hf_model.state_dict().items()}
@@ -88,16 +101,9 @@ def write_full_omni_checkpoint(folder: Path, hf_model, processor_folder: Path, s
     if not sharded:
         save_file({**thinker, **EXTRA_TENSORS}, str(folder / "model.safetensors"))
     else:
-        keys = sorted(thinker)
-        shards = {"model-00001-of-00003.safetensors": {k: thinker[k] for k in keys[: len(keys) // 2]},
-                  "model-00002-of-00003.safetensors": {k: thinker[k] for k in keys[len(keys) // 2:]},
-                  "model-00003-of-00003.safetensors": dict(EXTRA_TENSORS)}
-        for file, tensors in shards.items():
-            save_file(tensors, str(folder / file))
-        index = {"metadata": {}, "weight_map": {k: f for f, t in shards.items() for k in t}}
-        (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+        write_shards(folder, thinker, EXTRA_TENSORS)
         # A stale file the index does not list must be ignored.
-        save_file({keys[0]: torch.zeros(1)}, str(folder / "stale.safetensors"))
+        save_file({min(thinker): torch.zeros(1)}, str(folder / "stale.safetensors"))
     copy_processor_files(processor_folder, folder)
     return set(thinker)
 

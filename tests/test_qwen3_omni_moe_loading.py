@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from hooked_av import HookedAVModel, UnsupportedCheckpointError
 from hooked_av.testing.tiny_qwen3_omni import full_qwen3_omni
 
-from .test_loading import RecordingSafeOpen
+from .test_loading import RecordingSafeOpen, write_shards
 
 EXTRA_TENSORS = {"talker.model.layers.0.mlp.experts.0.gate_proj.weight": torch.ones(8, 8),
                  "talker.text_projection.linear_fc1.weight": torch.ones(8, 64),
@@ -41,14 +41,7 @@ def write_full_checkpoint(folder, hf_model, thinker_folder):
     full_qwen3_omni(hf_model).save_pretrained(folder)
     thinker = load_file(str(folder / "model.safetensors"))
     (folder / "model.safetensors").unlink()
-    keys = sorted(thinker)
-    shards = {"model-00001-of-00003.safetensors": {k: thinker[k] for k in keys[: len(keys) // 2]},
-              "model-00002-of-00003.safetensors": {k: thinker[k] for k in keys[len(keys) // 2:]},
-              "model-00003-of-00003.safetensors": dict(EXTRA_TENSORS)}
-    for file, tensors in shards.items():
-        save_file(tensors, str(folder / file))
-    index = {"metadata": {}, "weight_map": {k: f for f, t in shards.items() for k in t}}
-    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    write_shards(folder, thinker, EXTRA_TENSORS)
     config = json.loads((folder / "config.json").read_text())
     config.update(enable_audio_output=True, talker_config={"model_type": "qwen3_omni_moe_talker"})
     (folder / "config.json").write_text(json.dumps(config))
