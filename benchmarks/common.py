@@ -80,6 +80,18 @@ def add_decoder_args(parser: argparse.ArgumentParser, layers: int, hidden: int) 
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
 
 
+def add_timing_args(parser: argparse.ArgumentParser) -> None:
+    """Where and how the interleaved rounds run (the ratio scripts: forward_overhead, generate_overhead)."""
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds (each runs every configuration once)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before the timed ones")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (CPU); 1 is steadier when other jobs share the cores")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="keep glibc's default mmap/trim thresholds (default on CPU: re-run with MALLOC_ENV set)")
+
+
 def decoder_sizes(args: argparse.Namespace):
     from hooked_av.testing.tiny import TinySizes
 

@@ -35,9 +35,10 @@ from collections.abc import Callable
 
 import torch
 
-from common import malloc_description, reexec_with_steady_malloc, timed
+from common import (add_decoder_args, add_timing_args, decoder_sizes, malloc_description, reexec_with_steady_malloc,
+                    timed)
 from hooked_av import HookedAVModel
-from hooked_av.testing.tiny import TinySizes, tiny_omni_thinker
+from hooked_av.testing.tiny import tiny_omni_thinker
 from hooked_av.testing.tiny_qwen3_omni import tiny_qwen3_omni_thinker
 
 FAMILIES = ("qwen2_5_omni", "qwen3_omni_moe")
@@ -47,27 +48,15 @@ CONFIGS = ("hf", "no hooks", "cache resid", "1 pattern", "all eager")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seq-lens", type=int, nargs="+", default=[2048, 4096], help="prompt lengths in tokens")
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--hidden", type=int, default=512, help="d_model (head_dim = hidden / heads)")
-    p.add_argument("--intermediate", type=int, default=None, help="d_mlp (default: 3 x hidden)")
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--kv-heads", type=int, default=2)
+    add_decoder_args(p, layers=4, hidden=512)
     p.add_argument("--family", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     p.add_argument("--experts", type=int, default=16, help="qwen3_omni_moe: routed experts per layer")
     p.add_argument("--top-k", type=int, default=4, help="qwen3_omni_moe: experts per token")
     p.add_argument("--moe-intermediate", type=int, default=None,
                    help="qwen3_omni_moe: d_mlp of one expert (default: d_mlp / top_k, so the active MLP width "
                         "equals the dense family's)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--repeats", type=int, default=7, help="timed rounds (each runs every configuration once)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds before the timed ones")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads (CPU); 1 is steadier when other jobs share the cores")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--system-malloc", action="store_true",
-                   help="keep glibc's default mmap/trim thresholds (default on CPU: re-run with MALLOC_ENV set)")
+    add_timing_args(p)
     return p.parse_args(argv)
 
 
@@ -170,7 +159,7 @@ def print_table(results: dict[int, dict[str, list[float]]], n_layers: int) -> No
 
 def build(family: str, args: argparse.Namespace, dtype: torch.dtype):
     """(hf_model, hooked model sharing its weights, a one-line description of the decoder)."""
-    sizes = TinySizes.scaled(args.hidden, args.layers, args.heads, args.kv_heads, args.intermediate)
+    sizes = decoder_sizes(args)
     if family == "qwen2_5_omni":
         hf_model, processor = tiny_omni_thinker(sizes=sizes, seed=args.seed, dtype=dtype, attn_implementation="sdpa")
         mlp = f"dense d_mlp {sizes.intermediate}"

@@ -34,8 +34,8 @@ from collections.abc import Callable
 
 import torch
 
-from common import (add_decoder_args, decoder_sizes, describe_device, malloc_description, reexec_with_steady_malloc,
-                    sdpa_kernels, timed)
+from common import (add_decoder_args, add_timing_args, decoder_sizes, describe_device, malloc_description,
+                    reexec_with_steady_malloc, sdpa_kernels, timed)
 from hooked_av import HookedAVModel
 from hooked_av.analysis.knockout import Knockout, generate_with_knockout, layer_windows
 from hooked_av.testing.tiny import tiny_omni_thinker
@@ -48,14 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompt-len", type=int, default=512, help="prompt tokens")
     p.add_argument("--new-tokens", type=int, default=64, help="tokens generated per call")
     add_decoder_args(p, layers=4, hidden=512)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--repeats", type=int, default=7, help="timed rounds (each runs every configuration once)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds before the timed ones")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads (CPU); 1 is steadier when other jobs share the cores")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--system-malloc", action="store_true",
-                   help="keep glibc's default mmap/trim thresholds (default on CPU: re-run with MALLOC_ENV set)")
+    add_timing_args(p)
     return p.parse_args(argv)
 
 
