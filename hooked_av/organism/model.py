@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from hooked_av.organism.vocab import omni_processor, vl_processor
+from hooked_av.testing.tiny import text_config, vision_config
 
 
 @dataclass(frozen=True)
@@ -24,20 +25,8 @@ class OrganismSizes:
     mrope_section: tuple[int, int, int] = (4, 6, 6)  # sums to head_dim / 2 = 16
 
 
-def text_config(sizes: OrganismSizes, tokenizer) -> dict[str, Any]:
-    return dict(vocab_size=len(tokenizer), hidden_size=sizes.hidden, intermediate_size=sizes.intermediate,
-                num_hidden_layers=sizes.layers, num_attention_heads=sizes.heads, num_key_value_heads=sizes.kv_heads,
-                max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=False,
-                rope_parameters={"rope_type": "default", "rope_theta": 1e6,
-                                 "mrope_section": list(sizes.mrope_section)},
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                bos_token_id=tokenizer.pad_token_id)
-
-
-def vision_config(sizes: OrganismSizes) -> dict[str, Any]:
-    return dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, in_channels=3, patch_size=14,
-                spatial_merge_size=2, temporal_patch_size=2, window_size=112, out_hidden_size=sizes.hidden,
-                fullatt_block_indexes=[1])
+def organism_text_config(sizes: OrganismSizes, tokenizer) -> dict[str, Any]:
+    return text_config(sizes, tokenizer, max_position_embeddings=4096, tie_word_embeddings=False)
 
 
 def finish(model, tokenizer):
@@ -56,7 +45,7 @@ def build_organism(seed: int, sizes: OrganismSizes = OrganismSizes()):
     config = Qwen2_5OmniThinkerConfig(
         audio_config=dict(num_mel_bins=128, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128,
                           d_model=64, n_window=100, output_dim=sizes.hidden, max_source_positions=1500),
-        vision_config=vision_config(sizes), text_config=text_config(sizes, tok),
+        vision_config=vision_config(sizes), text_config=organism_text_config(sizes, tok),
         audio_token_index=ids("<|AUDIO|>"), image_token_index=ids("<|IMAGE|>"), video_token_index=ids("<|VIDEO|>"),
         audio_start_token_id=ids("<|audio_bos|>"), audio_end_token_id=ids("<|audio_eos|>"),
         # Not declared config fields, but get_rope_index reads them.
@@ -75,7 +64,7 @@ def build_twin(seed: int, sizes: OrganismSizes = OrganismSizes()):
     tok = processor.tokenizer
     ids = tok.convert_tokens_to_ids
     config = Qwen2_5_VLConfig(
-        text_config=text_config(sizes, tok), vision_config=vision_config(sizes) | {"tokens_per_second": 2},
+        text_config=organism_text_config(sizes, tok), vision_config=vision_config(sizes) | {"tokens_per_second": 2},
         image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
         tie_word_embeddings=False)

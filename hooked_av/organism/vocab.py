@@ -9,7 +9,7 @@ checks (`check_tokenizers_agree`).
 from __future__ import annotations
 
 from hooked_av.organism.world import OBJECTS, SOUNDS
-from hooked_av.testing.tiny import OMNI_CHAT_TEMPLATE, VL_CHAT_TEMPLATE
+from hooked_av.testing.tiny import OMNI_CHAT_TEMPLATE, OMNI_NAMED_TOKENS, VL_CHAT_TEMPLATE, VL_NAMED_TOKENS
 
 CHAT_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 OMNI_EXTRA = ("<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>", "<|vision_bos|>", "<|vision_eos|>", "<|vision_pad|>",
@@ -56,10 +56,7 @@ def video_processor():
 def omni_processor():
     from transformers import Qwen2_5OmniProcessor, Qwen2VLImageProcessor, WhisperFeatureExtractor
 
-    tokenizer = word_tokenizer(OMNI_EXTRA, {
-        "image_token": "<|IMAGE|>", "audio_token": "<|AUDIO|>", "video_token": "<|VIDEO|>",
-        "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
-        "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"})
+    tokenizer = word_tokenizer(OMNI_EXTRA, OMNI_NAMED_TOKENS)
     return Qwen2_5OmniProcessor(
         image_processor=Qwen2VLImageProcessor(do_resize=False), video_processor=video_processor(),
         feature_extractor=WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, return_attention_mask=True),
@@ -69,9 +66,7 @@ def omni_processor():
 def vl_processor():
     from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor
 
-    tokenizer = word_tokenizer(VL_EXTRA, {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
-                                          "vision_start_token": "<|vision_start|>",
-                                          "vision_end_token": "<|vision_end|>"})
+    tokenizer = word_tokenizer(VL_EXTRA, VL_NAMED_TOKENS)
     return Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(do_resize=False),
                                video_processor=video_processor(), tokenizer=tokenizer,
                                chat_template=VL_CHAT_TEMPLATE)

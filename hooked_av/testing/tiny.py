@@ -39,6 +39,13 @@ OMNI_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+# The processors' named tokens (attributes such as processor.audio_token), as the chat templates write them.
+OMNI_NAMED_TOKENS = {"image_token": "<|IMAGE|>", "audio_token": "<|AUDIO|>", "video_token": "<|VIDEO|>",
+                     "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
+                     "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"}
+VL_NAMED_TOKENS = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
+                   "vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>"}
+
 # Qwen2.5-VL's template, reduced to what differs from Omni's: its own vision markers.
 VL_CHAT_TEMPLATE = (
     "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
@@ -101,10 +108,7 @@ def tiny_omni_processor():
     from transformers import (Qwen2_5OmniProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor,
                               WhisperFeatureExtractor)
 
-    tokenizer = byte_level_tokenizer(OMNI_SPECIALS, {
-        "image_token": "<|IMAGE|>", "audio_token": "<|AUDIO|>", "video_token": "<|VIDEO|>",
-        "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
-        "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"})
+    tokenizer = byte_level_tokenizer(OMNI_SPECIALS, OMNI_NAMED_TOKENS)
     return Qwen2_5OmniProcessor(
         image_processor=Qwen2VLImageProcessor(), video_processor=Qwen2VLVideoProcessor(),
         feature_extractor=WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, return_attention_mask=True),
@@ -114,24 +118,24 @@ def tiny_omni_processor():
 def tiny_vl_processor():
     from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
-    tokenizer = byte_level_tokenizer(VL_SPECIALS, {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
-                                                   "vision_start_token": "<|vision_start|>",
-                                                   "vision_end_token": "<|vision_end|>"})
+    tokenizer = byte_level_tokenizer(VL_SPECIALS, VL_NAMED_TOKENS)
     return Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(), video_processor=Qwen2VLVideoProcessor(),
                                tokenizer=tokenizer, chat_template=VL_CHAT_TEMPLATE)
 
 
-def _text_config(sizes: TinySizes, tokenizer) -> dict[str, Any]:
+def text_config(sizes: TinySizes, tokenizer, **overrides: Any) -> dict[str, Any]:
+    """The Qwen2.5 text config of a small decoder of `sizes` over `tokenizer` (overrides: other fields)."""
     return dict(vocab_size=len(tokenizer), hidden_size=sizes.hidden, intermediate_size=sizes.intermediate,
                 num_hidden_layers=sizes.layers, num_attention_heads=sizes.heads,
                 num_key_value_heads=sizes.kv_heads, max_position_embeddings=32768, rms_norm_eps=1e-6,
                 rope_parameters={"rope_type": "default", "rope_theta": 1e6,
                                  "mrope_section": list(sizes.mrope_section)},
                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                bos_token_id=tokenizer.pad_token_id)
+                bos_token_id=tokenizer.pad_token_id) | overrides
 
 
-def _vision_config(sizes: TinySizes) -> dict[str, Any]:
+def vision_config(sizes: TinySizes) -> dict[str, Any]:
+    """A two-block Qwen2.5 vision encoder whose merger writes `sizes.hidden`-wide tokens."""
     return dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, in_channels=3, patch_size=14,
                 spatial_merge_size=2, temporal_patch_size=2, window_size=112, out_hidden_size=sizes.hidden,
                 fullatt_block_indexes=[1])
@@ -154,8 +158,8 @@ def tiny_omni_thinker(sizes: TinySizes = TinySizes(), seed: int = 0, dtype: torc
     config = Qwen2_5OmniThinkerConfig(
         audio_config=dict(num_mel_bins=128, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128,
                           d_model=64, n_window=100, output_dim=sizes.hidden, max_source_positions=1500),
-        vision_config=_vision_config(sizes),
-        text_config=_text_config(sizes, tok),
+        vision_config=vision_config(sizes),
+        text_config=text_config(sizes, tok),
         audio_token_index=ids["<|AUDIO|>"], image_token_index=ids["<|IMAGE|>"], video_token_index=ids["<|VIDEO|>"],
         audio_start_token_id=ids["<|audio_bos|>"], audio_end_token_id=ids["<|audio_eos|>"],
         # Not declared config fields, but get_rope_index reads them.
@@ -175,9 +179,9 @@ def tiny_qwen2_5_vl(sizes: TinySizes = TinySizes(), seed: int = 0, dtype: torch.
     processor = tiny_vl_processor()
     tok = processor.tokenizer
     ids = {t: tok.convert_tokens_to_ids(t) for t in VL_SPECIALS}
-    vision = _vision_config(sizes) | {"tokens_per_second": 2}
+    vision = vision_config(sizes) | {"tokens_per_second": 2}
     config = Qwen2_5_VLConfig(
-        text_config=_text_config(sizes, tok), vision_config=vision,
+        text_config=text_config(sizes, tok), vision_config=vision,
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
     config._attn_implementation = attn_implementation
